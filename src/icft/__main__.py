@@ -1,0 +1,3 @@
+from icft.cli import main
+
+raise SystemExit(main())

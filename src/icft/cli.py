@@ -1,0 +1,112 @@
+"""The `icft` command line: data validate/stats, train, eval, compare, demo.
+
+Each subcommand is a thin wrapper: it parses arguments and calls one function of a module.
+Errors in user input (data, config, paths) print one clear line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icft", description="Incremental Curriculum-Based Fine-Tuning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data_parser = sub.add_parser("data", help="check and describe data files")
+    data = data_parser.add_subparsers(dest="data_command", required=True)
+    for name, text in (("validate", "check files and summarise them per kind and source"),
+                       ("stats", "counts, length percentiles and difficulty histogram")):  # fmt: skip
+        p = data.add_parser(name, help=text)
+        p.add_argument("paths", nargs="+", help="data files or folders")
+
+    train = sub.add_parser("train", help="run the ICFT training recipe")
+    train.add_argument("--config", help="YAML config (defaults apply to keys it leaves out)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument("--output-dir", help="run folder (default runs/<name>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+
+    ev = sub.add_parser("eval", help="evaluate a trained run or a base model on data files")
+    who = ev.add_mutually_exclusive_group(required=True)
+    who.add_argument("--run", help="run folder written by icft train")
+    who.add_argument("--model", help="untrained base model: hub id, local folder or minilm-decoder")
+    ev.add_argument("--data", nargs="+", required=True, help="data files to evaluate on")
+    ev.add_argument("--json", help="write metrics to this JSON file")
+    ev.add_argument("--max-examples", type=int, default=None, help="evaluate at most this many per file")
+    ev.add_argument("--batch-size", type=int, default=32)
+
+    compare = sub.add_parser("compare", help="ICFT against baselines, same budget, several seeds")
+    compare.add_argument("--config", required=True)
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    compare.add_argument("--output-dir", help="default runs/compare-<name>")
+
+    demo = sub.add_parser("demo", help="the embedded default end to end: ICFT run plus the comparison")
+    demo.add_argument("--output-dir", default="runs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .data.schema import DataError
+    from .recipes.train import TrainingError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, DataError, TrainingError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        from .data import commands
+
+        return commands.validate(args.paths) if args.data_command == "validate" else commands.stats(args.paths)
+    if args.command == "train":
+        return _train(args)
+    if args.command == "eval":
+        from .evaluation.commands import eval_command
+
+        return eval_command(run_dir=args.run, model=args.model, data=args.data, json_path=args.json,
+                            max_examples=args.max_examples, batch_size=args.batch_size)  # fmt: skip
+    if args.command == "compare":
+        from .config import load_config
+        from .recipes.compare import compare
+
+        config = load_config(args.config, args.set)
+        compare(config, Path(args.output_dir or f"runs/compare-{config.name}"))
+        return 0
+    if args.command == "demo":
+        from .recipes.demo import demo
+
+        return demo(Path(args.output_dir))
+    raise AssertionError(args.command)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.train import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there, not a run folder")
+        config = load_config(run_dir / "config.yaml", args.set)
+        train(config, run_dir, resume=True)
+        return 0
+    config = load_config(args.config, args.set)
+    train(config, Path(args.output_dir or config.output_dir or f"runs/{config.name}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""One schema for every training and evaluation example.
+
+Four kinds of example, all flat JSON objects on disk (one per line in `.jsonl`):
+
+- ``text``:       {"text": "..."}                               plain language-model text
+- ``qa``:         {"question", "context"?, "options"?, "answer"} multiple choice (answer = option index),
+                                                                 yes/no/maybe (options ["yes","no","maybe"])
+                                                                 or open answer (answer = string)
+- ``preference``: {"prompt", "chosen", "rejected"}              which of two answers is better
+- ``dialogue``:   {"turns": [{"role": "user"|"assistant", "content": "..."}, ...]}  last turn is the assistant's
+
+Every example also has ``id``, ``kind``, ``source`` and optionally ``stage``, ``difficulty`` (in [0, 1])
+and ``meta`` (free-form dict, e.g. the bundled data's ``condition`` and ``tier``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+KINDS = ("text", "qa", "preference", "dialogue")
+ROLES = ("user", "assistant")
+REQUIRED_FIELDS = {
+    "text": ("text",),
+    "qa": ("question", "answer"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "dialogue": ("turns",),
+}
+KNOWN_FIELDS = {
+    "id", "kind", "source", "stage", "difficulty", "meta",
+    "text", "question", "context", "options", "answer", "prompt", "chosen", "rejected", "turns",
+}  # fmt: skip
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the line (1-based) and the field."""
+
+    def __init__(self, path: str, line: int | None, field: str | None, message: str):
+        self.path, self.line, self.field, self.reason = str(path), line, field, message
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{what} {message}")
+
+
+@dataclass
+class Example:
+    id: str
+    kind: str
+    source: str
+    stage: str | None = None
+    difficulty: float | None = None
+    text: str | None = None
+    question: str | None = None
+    context: str | None = None
+    options: list[str] | None = None
+    answer: int | str | None = None
+    prompt: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    turns: list[dict[str, str]] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The on-disk form: fields that are unset are left out."""
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+
+    @classmethod
+    def from_dict(cls, record: Any, path: str = "<memory>", line: int | None = None) -> Example:
+        """Validate one record and build an Example; raises DataError naming path, line and field."""
+
+        def fail(field_name: str | None, message: str) -> DataError:
+            return DataError(path, line, field_name, message)
+
+        if not isinstance(record, dict):
+            raise fail(None, f"expected a JSON object, got {type(record).__name__}")
+        unknown = sorted(set(record) - KNOWN_FIELDS)
+        if unknown:
+            raise fail(unknown[0], f"unknown field (known fields: {', '.join(sorted(KNOWN_FIELDS))})")
+        for name in ("id", "kind", "source"):
+            if name not in record:
+                raise fail(name, "missing required field")
+            if not isinstance(record[name], str) or not record[name].strip():
+                raise fail(name, "must be a non-empty string")
+        kind = record["kind"]
+        if kind not in KINDS:
+            raise fail("kind", f"unknown kind '{kind}' (expected one of: {', '.join(KINDS)})")
+        for name in REQUIRED_FIELDS[kind]:
+            if name not in record or record[name] is None:
+                raise fail(name, f"missing required field for kind '{kind}'")
+        for name in ("text", "question", "context", "prompt", "chosen", "rejected", "stage"):
+            value = record.get(name)
+            if value is not None and not isinstance(value, str):
+                raise fail(name, f"must be a string, got {type(value).__name__}")
+        for name in REQUIRED_FIELDS[kind]:
+            if isinstance(record[name], str) and not record[name].strip():
+                raise fail(name, "must not be empty")
+
+        difficulty = record.get("difficulty")
+        if difficulty is not None:
+            if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)):
+                raise fail("difficulty", "must be a number in [0, 1]")
+            if not 0.0 <= float(difficulty) <= 1.0:
+                raise fail("difficulty", f"{difficulty} is outside [0, 1]")
+            difficulty = float(difficulty)
+        meta = record.get("meta", {})
+        if not isinstance(meta, dict):
+            raise fail("meta", "must be a JSON object")
+
+        answer = record.get("answer")
+        options = record.get("options")
+        if kind == "qa":
+            answer, options = _check_qa(answer, options, fail)
+        turns = record.get("turns")
+        if kind == "dialogue":
+            turns = _check_turns(turns, fail)
+
+        return cls(
+            id=record["id"], kind=kind, source=record["source"], stage=record.get("stage"),
+            difficulty=difficulty, text=record.get("text"), question=record.get("question"),
+            context=record.get("context"), options=options, answer=answer, prompt=record.get("prompt"),
+            chosen=record.get("chosen"), rejected=record.get("rejected"), turns=turns, meta=meta,
+        )  # fmt: skip
+
+
+def _check_qa(answer: Any, options: Any, fail) -> tuple[int | str, list[str] | None]:
+    if options is None:
+        if not isinstance(answer, str) or not answer.strip():
+            raise fail("answer", "an open question's answer must be a non-empty string")
+        return answer, None
+    if not isinstance(options, list) or len(options) < 2:
+        raise fail("options", "must be a list of at least 2 strings")
+    for i, option in enumerate(options):
+        if not isinstance(option, str) or not option.strip():
+            raise fail("options", f"option {i} must be a non-empty string")
+    if isinstance(answer, str) and answer in options:
+        return options.index(answer), options
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        raise fail("answer", f"must be an option index (0..{len(options) - 1}) or one of the options")
+    if not 0 <= answer < len(options):
+        raise fail("answer", f"index {answer} is outside the {len(options)} options (0..{len(options) - 1})")
+    return answer, options
+
+
+def _check_turns(turns: Any, fail) -> list[dict[str, str]]:
+    if not isinstance(turns, list) or len(turns) < 2:
+        raise fail("turns", "must be a list of at least 2 turns")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES:
+            raise fail("turns", f"turn {i} must be an object with role 'user' or 'assistant'")
+        if not isinstance(turn.get("content"), str) or not turn["content"].strip():
+            raise fail("turns", f"turn {i} needs a non-empty string 'content'")
+    if turns[-1]["role"] != "assistant":
+        raise fail("turns", "the last turn must be the assistant's")
+    return [{"role": t["role"], "content": t["content"]} for t in turns]

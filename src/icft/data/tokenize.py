@@ -1,0 +1,79 @@
+"""Token ids for (prompt, target) pairs, and right-padded batches of them.
+
+Labels are -100 on prompt and padding tokens, so losses and scores only count target tokens.
+When a pair is too long the prompt loses tokens from its start: the target is what we learn or score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Sequence:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_target(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int, add_eos: bool = True
+) -> Sequence:
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if add_eos and tokenizer.eos_token_id is not None:
+        target_ids = target_ids + [tokenizer.eos_token_id]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    if not prompt_ids and not bos:
+        # A plain-text example: the first token has nothing to be predicted from, so it becomes the prompt.
+        prompt_ids, target_ids = target_ids[:1], target_ids[1:]
+    target_ids = target_ids[: max(1, max_length - len(bos) - 1)]
+    room = max_length - len(bos) - len(target_ids)
+    prompt_ids = prompt_ids[len(prompt_ids) - room :] if room > 0 else []
+    prompt_ids = bos + prompt_ids
+    return Sequence(prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids)
+
+
+def collate(sequences: list[Sequence], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence in the batch."""
+    width = max(len(s.input_ids) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        n = len(s.input_ids)
+        input_ids[i, :n] = torch.tensor(s.input_ids)
+        labels[i, :n] = torch.tensor(s.labels)
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits only at positions that predict a target token: (n, vocab), their labels (n,), rows (n,).
+
+    With a 30k-token vocabulary the output projection is most of the compute, and prompts are often
+    longer than targets, so transformers' boolean `logits_to_keep` skips the prompt positions.
+    """
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits
+    return logits, labels[:, 1:][keep[:, :-1]], keep.nonzero()[:, 0]
+
+
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int):
+    """Per-token log-probabilities of the targets, summed per row: (token_logp (n,), row_sum, row_count)."""
+    token_logp = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    row_sum = torch.zeros(n_rows, device=logits.device).index_add(0, rows, token_logp)
+    row_count = torch.zeros(n_rows, device=logits.device).index_add(0, rows, torch.ones_like(token_logp))
+    return token_logp, row_sum, row_count

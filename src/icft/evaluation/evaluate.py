@@ -1,0 +1,274 @@
+"""Evaluate a model on examples of every kind, and on data files, with the metrics each kind allows.
+
+- multiple-choice and yes/no/maybe qa: `accuracy` (highest summed log-probability), `accuracy_norm`
+  (log-probability per character, lm-eval's acc_norm) and, for yes/no/maybe options, `macro_f1`;
+- preference pairs: `preference_accuracy` (the chosen answer scores higher, length-normalised);
+- open qa and dialogue: greedy generation compared to the reference answer: `bleu` (0-100), `rouge1`,
+  `rouge2`, `rougeL`, `distinct1`, `distinct2`, `embedding_similarity` (given an embedder), `mean_length`;
+- text: `perplexity`, exp of the mean negative log-likelihood per token over all texts.
+
+`metrics["accuracy_by"]` breaks the accuracy of the scorable examples down by kind, source, stage and
+tier (`meta["tier"]`), e.g. {"kind=qa": 0.6, "tier=2": 0.5}; it is the one entry that is not a number.
+`EvalResult.errors` lists the scorable examples the model got wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..data.formatting import prompt_and_target, reference
+from ..data.schema import Example
+from ..data.tokenize import collate, encode_pair, sequence_logprobs, target_logits
+from . import metrics as M
+from .generation import context_limit, generate_answers
+from .scoring import ChoiceScores, choice_accuracy, is_scorable, score_choices
+
+YES_NO_MAYBE = ["yes", "no", "maybe"]
+# Table and JSON order; metrics not listed here follow in alphabetical order.
+METRIC_ORDER = [
+    "accuracy", "accuracy_norm", "macro_f1", "preference_accuracy", "perplexity",
+    "bleu", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "embedding_similarity", "mean_length",
+]  # fmt: skip
+GROUP_FIELDS = ("kind", "source", "stage", "tier")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]  # metric name -> float, and "accuracy_by" -> {group: accuracy}
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    n_examples: int = 0
+
+    @property
+    def accuracy_by(self) -> dict[str, float]:
+        return self.metrics.get("accuracy_by", {})
+
+    def scalars(self) -> dict[str, float]:
+        """The metrics that are numbers (all but `accuracy_by`)."""
+        return {k: v for k, v in self.metrics.items() if isinstance(v, (int, float))}
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics with NaN and infinity as null (JSON has neither), and `n_examples`."""
+        out: dict[str, Any] = {k: _finite_or_none(v) for k, v in self.scalars().items()}
+        if self.accuracy_by:
+            out["accuracy_by"] = {k: _finite_or_none(v) for k, v in self.accuracy_by.items()}
+        out["n_examples"] = self.n_examples
+        return out
+
+
+def evaluate_examples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    *,
+    embedder: M.Embedder | None = None,
+    max_length: int = 512,
+    batch_size: int = 32,
+    max_new_tokens: int = 48,
+    progress: bool = True,
+) -> EvalResult:
+    """Every metric the examples allow (see the module docstring); the model is left in its former mode."""
+    max_length = context_limit(model, max_length)
+    metrics: dict[str, Any] = {}
+
+    scorable = [ex for ex in examples if is_scorable(ex)]
+    scores = score_choices(model, tokenizer, scorable, max_length, batch_size, progress) if scorable else []
+    metrics.update(_choice_metrics(scores))
+
+    open_ended = [ex for ex in examples if is_open_ended(ex)]
+    if open_ended:
+        prompts = [prompt_and_target(ex)[0] for ex in open_ended]
+        hyps = generate_answers(
+            model, tokenizer, prompts, max_new_tokens, batch_size, max_length=max_length, progress=progress
+        )
+        metrics.update(generation_metrics(hyps, [reference(ex) for ex in open_ended], embedder))
+
+    texts = [ex.text for ex in examples if ex.kind == "text"]
+    if texts:
+        metrics["perplexity"] = perplexity(model, tokenizer, texts, max_length, batch_size, progress)
+
+    hits = [_is_hit(s) for s in scores]
+    metrics = _ordered(metrics)
+    if scores:
+        metrics["accuracy_by"] = _accuracy_by(scores, hits)
+    return EvalResult(
+        metrics=metrics,
+        errors=[_error_record(s) for s, hit in zip(scores, hits) if not hit],
+        n_examples=len(examples),
+    )
+
+
+def generation_metrics(
+    hyps: list[str], refs: list[str], embedder: M.Embedder | None = None
+) -> dict[str, float]:
+    """Overlap with the references, diversity and length of generated answers."""
+    out = {"bleu": M.bleu(hyps, refs), **M.rouge(hyps, refs)}
+    out["distinct1"] = M.distinct_n(hyps, 1)
+    out["distinct2"] = M.distinct_n(hyps, 2)
+    if embedder is not None:
+        out["embedding_similarity"] = M.embedding_similarity(hyps, refs, embedder)
+    out["mean_length"] = M.mean_length(hyps)
+    return out
+
+
+@torch.no_grad()
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_length: int = 512,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> float:
+    """exp(mean NLL per predicted token) over all texts together; a text is cut after `max_length` tokens.
+
+    Pooling tokens (not averaging per-text perplexities) is the usual corpus perplexity: long texts
+    weigh in proportion to their length.
+    """
+    sequences = [encode_pair(tokenizer, "", t, max_length, add_eos=False) for t in texts]
+    sequences = sorted((s for s in sequences if s.n_target > 0), key=lambda s: -len(s.input_ids))
+    device = next(model.parameters()).device
+    total_logp, total_tokens = 0.0, 0.0
+    was_training = model.training
+    model.eval()
+    batches = range(0, len(sequences), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="perplexity", unit="batch", leave=False)
+    for start in batches:
+        chunk = sequences[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(chunk, tokenizer.pad_token_id).items()}
+        _, row_sum, row_count = sequence_logprobs(*target_logits(model, batch), n_rows=len(chunk))
+        total_logp += row_sum.sum().item()
+        total_tokens += row_count.sum().item()
+    model.train(was_training)
+    return math.exp(-total_logp / total_tokens) if total_tokens else math.nan
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data files
+
+
+def evaluate_files(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    paths: list[str | Path],
+    *,
+    max_examples: int | None = None,
+    **kwargs: Any,
+) -> dict[str, EvalResult]:
+    """`evaluate_examples` on each file (its first `max_examples`), keyed by file name.
+
+    Raises DataError (from the loaders) for a missing or malformed file before any model work starts.
+    """
+    datasets = load_files(paths, max_examples)
+    return {name: evaluate_examples(model, tokenizer, exs, **kwargs) for name, exs in datasets.items()}
+
+
+def load_files(paths: list[str | Path], max_examples: int | None = None) -> dict[str, list[Example]]:
+    """The examples of each file (its first `max_examples`), keyed by file name; raises DataError."""
+    from ..data.loaders import load_examples
+
+    return {name: load_examples(path).examples[:max_examples] for name, path in label_files(paths).items()}
+
+
+def format_table(results: dict[str, EvalResult]) -> str:
+    """A fixed-width table: one row per file, one column per metric any file has ('-' where it has none)."""
+    columns = list(_ordered({k: 0.0 for r in results.values() for k in r.scalars()}))
+    header = ["file", "n", *columns]
+    rows = [
+        [name, str(r.n_examples), *(_cell(r.metrics.get(c)) for c in columns)] for name, r in results.items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        # the file name reads best left-aligned, numbers right-aligned
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def print_table(results: dict[str, EvalResult], file: TextIO | None = None) -> None:
+    print(format_table(results), file=file or sys.stdout)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def is_open_ended(ex: Example) -> bool:
+    """Examples answered by generation: open qa and dialogue."""
+    return (ex.kind == "qa" and not ex.options) or ex.kind == "dialogue"
+
+
+def _is_hit(s: ChoiceScores) -> bool:
+    # preference accuracy compares length-normalised scores (a longer answer is not a worse one)
+    return (s.pred_norm if s.example.kind == "preference" else s.pred) == s.gold
+
+
+def _choice_metrics(scores: list[ChoiceScores]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    qa = [s for s in scores if s.example.kind == "qa"]
+    if qa:
+        out["accuracy"] = choice_accuracy(qa)
+        out["accuracy_norm"] = choice_accuracy(qa, normalised=True)
+    yes_no_maybe = [s for s in qa if s.example.options == YES_NO_MAYBE]
+    if yes_no_maybe:
+        golds = [YES_NO_MAYBE[s.gold] for s in yes_no_maybe]
+        preds = [YES_NO_MAYBE[s.pred] for s in yes_no_maybe]
+        out["macro_f1"] = M.macro_f1(golds, preds, YES_NO_MAYBE)
+    preference = [s for s in scores if s.example.kind == "preference"]
+    if preference:
+        out["preference_accuracy"] = choice_accuracy(preference, normalised=True)
+    return out
+
+
+def _group_keys(ex: Example) -> list[str]:
+    values = {"kind": ex.kind, "source": ex.source, "stage": ex.stage, "tier": ex.meta.get("tier")}
+    return [f"{name}={values[name]}" for name in GROUP_FIELDS if values[name] is not None]
+
+
+def _accuracy_by(scores: list[ChoiceScores], hits: list[bool]) -> dict[str, float]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for s, hit in zip(scores, hits):
+        for key in _group_keys(s.example):
+            groups[key].append(hit)
+    return {key: sum(v) / len(v) for key, v in sorted(groups.items())}
+
+
+def _error_record(s: ChoiceScores) -> dict[str, Any]:
+    ex = s.example
+    if ex.kind == "preference":
+        question, answers, predicted = ex.prompt, [ex.chosen, ex.rejected], s.pred_norm
+    else:
+        question, answers, predicted = ex.question, ex.options, s.pred
+    return {
+        "id": ex.id, "kind": ex.kind, "source": ex.source, "tier": ex.meta.get("tier"),
+        "question": question, "gold": answers[s.gold], "predicted": answers[predicted],
+    }  # fmt: skip
+
+
+def _ordered(metrics: dict[str, float]) -> dict[str, float]:
+    rank = {name: i for i, name in enumerate(METRIC_ORDER)}
+    return dict(sorted(metrics.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+
+def label_files(paths: list[str | Path]) -> dict[str, str | Path]:
+    """A file's name labels its results; the full path only where two files share a name."""
+    names = [Path(str(p)).name for p in paths]
+    return {(name if names.count(name) == 1 else str(p)): p for name, p in zip(names, paths)}
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,99 @@
+"""Batched greedy generation of answers to prompts (open QA and dialogue evaluation).
+
+Prompts are encoded as training encodes them (`encode_pair`: the tokenizer's BOS, if any, then the prompt
+without special tokens) so the model sees at evaluation what it learned from. Batches are padded on the
+left by hand, so that every row's last token is its own prompt's last token, without touching the
+tokenizer's `padding_side`. `generate` derives position ids from the attention mask, so a left-padded row
+gets the same positions as the row alone; this holds for the embedded BERT decoder's absolute position
+embeddings too (tests/test_evaluation.py checks batched against one-by-one output).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@torch.no_grad()
+def generate_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    max_length: int = 512,
+    progress: bool = False,
+) -> list[str]:
+    """The greedy continuation of each prompt, up to EOS or `max_new_tokens`, without the prompt.
+
+    A prompt longer than `max_length - max_new_tokens` tokens (or the model's position limit) loses
+    tokens from its start, as in training: the end of the prompt is what the answer follows from.
+    """
+    limit = context_limit(model, max_length)
+    room = limit - max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {limit} tokens")
+    encoded = [_prompt_ids(tokenizer, p, room) for p in prompts]
+    # Longest first: similar lengths share a batch, so little padding, and a too-large batch fails at once.
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    answers = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    batches = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="generating", unit="batch", leave=False)
+    for start in batches:
+        idx = order[start : start + batch_size]
+        input_ids, attention_mask = _left_pad([encoded[i] for i in idx], pad_id)
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad_id,
+        )
+        for i, row in zip(idx, output[:, input_ids.shape[1] :].tolist()):
+            answers[i] = _decode(tokenizer, row)
+    model.train(was_training)
+    return answers
+
+
+def context_limit(model: PreTrainedModel, max_length: int) -> int:
+    """`max_length`, or the model's position limit if that is smaller."""
+    # Absolute position embeddings (BERT: 512) cannot go past their table; rotary ones could, but the
+    # configured maximum is what the model was trained for.
+    positions = getattr(model.config, "max_position_embeddings", None)
+    return min(max_length, positions) if positions else max_length
+
+
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, room: int) -> list[int]:
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    keep = room - len(bos)
+    ids = bos + (ids[-keep:] if keep > 0 else [])
+    # generate needs at least one token to continue from; EOS is what a new document follows in training
+    return ids or [tokenizer.eos_token_id]
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, width - len(r) :] = torch.tensor(r)
+        attention_mask[i, width - len(r) :] = 1
+    return input_ids, attention_mask
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, new_tokens: list[int]) -> str:
+    # Cut at the first EOS ourselves: rows that stop early are filled with padding, and a tokenizer whose
+    # EOS is not a special token would otherwise keep whatever follows it.
+    if tokenizer.eos_token_id in new_tokens:
+        new_tokens = new_tokens[: new_tokens.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()

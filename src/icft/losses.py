@@ -1,0 +1,63 @@
+"""The three ICFT loss terms: L_total = w_c * L_consistency + w_t * L_task + w_f * L_fine-tune.
+
+All terms work on the flat per-target-token view that `icft.data.tokenize.target_logits` returns:
+`logits` (n_tokens, vocab), `targets` (n_tokens,), `rows` (n_tokens,) = which sequence each token is in.
+
+- L_task: the current batch. Supervised examples (text, qa, dialogue): cross-entropy on target tokens
+  (prompt masked), averaged per example. Preference pairs: -log sigmoid(s(chosen) - s(rejected)), where
+  s is the length-normalised (mean per token) log-probability of the answer given the prompt, as in
+  SimPO (Meng et al. 2024); no value head, so the score is the same one evaluation uses.
+- L_fine-tune: cross-entropy on the gold targets of examples replayed from memory (STM and LTM).
+- L_consistency: KL(teacher || student) on replayed LTM examples' target tokens. The teacher is the
+  model's own output distribution recorded when the example entered long-term memory, stored as its
+  top-k tokens (full 30k-token distributions would not fit in memory). The student's log-probabilities
+  are taken from its full softmax, so the term is >= 0 and is 0 only when the student matches the
+  teacher on those k tokens and puts no mass elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def per_sequence_nll(
+    logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token NLL of each sequence's target tokens, and the count of those tokens."""
+    token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
+    total = torch.zeros(n_rows, device=logits.device).index_add(0, rows, token_nll)
+    count = torch.zeros(n_rows, device=logits.device).index_add(0, rows, torch.ones_like(token_nll))
+    return total / count.clamp(min=1), count
+
+
+def preference_loss(chosen_nll: torch.Tensor, rejected_nll: torch.Tensor) -> torch.Tensor:
+    """Pairwise loss per pair: -log sigmoid(s_chosen - s_rejected) with s = mean token log-prob."""
+    return -F.logsigmoid(rejected_nll - chosen_nll)
+
+
+def consistency_kl(
+    student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor
+) -> torch.Tensor:
+    """Mean over tokens of KL(p_teacher || p_student) on the teacher's top-k support.
+
+    student_logits (n, vocab); teacher_ids, teacher_logprobs (n, k).
+    """
+    if student_logits.numel() == 0:
+        return student_logits.new_zeros(())
+    teacher_logp = teacher_logprobs.float().log_softmax(-1)  # renormalise the top-k mass to 1
+    student_logp = student_logits.float().log_softmax(-1).gather(-1, teacher_ids)
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).mean()
+
+
+def top_k_outputs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What long-term memory stores as the consistency target: top-k token ids and log-probs."""
+    logp = logits.float().log_softmax(-1)
+    values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    return ids, values
+
+
+def weighted_total(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """L_total from the parts that are switched on (weight > 0)."""
+    terms = [weights[name] * value for name, value in parts.items() if weights[name] > 0]
+    return torch.stack(terms).sum() if terms else torch.zeros(())

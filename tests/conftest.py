@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny random-weight models saved to disk, and a small staged data set."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer():
+    from transformers import AutoTokenizer
+
+    from icft.models import embedded_model_path
+
+    return AutoTokenizer.from_pretrained(embedded_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, bert_tokenizer) -> Path:
+    """A random-weight Llama (2 layers, width 32) with the embedded default's tokenizer, saved like a hub model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(bert_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=bert_tokenizer.pad_token_id, tie_word_embeddings=True)  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    bert_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, bert_tokenizer) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(bert_tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256)
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).save_pretrained(path)
+    bert_tokenizer.save_pretrained(path)
+    return path
+
+
+def staged_records(n_per_stage: int = 12) -> list[dict]:
+    """Examples of every kind in three stages, made up so that the tests need no bundled data."""
+    records = []
+    for stage in ("general", "knowledge", "clinical"):
+        for i in range(n_per_stage):
+            base = {"source": f"fixture-{stage}", "stage": stage}
+            k = i % 4
+            if k == 0:
+                records.append({**base, "id": f"{stage}-{i}", "kind": "text",
+                                "text": f"Fact {i} of the {stage} stage: water boils at one hundred degrees."})
+            elif k == 1:
+                records.append({**base, "id": f"{stage}-{i}", "kind": "qa", "question": f"Which is item {i}?",
+                                "options": ["red", "green", "blue", "white"], "answer": i % 4})
+            elif k == 2:
+                records.append({**base, "id": f"{stage}-{i}", "kind": "preference", "prompt": f"Treat case {i}?",
+                                "chosen": "Refer to a doctor and test first.", "rejected": "Ignore it."})
+            else:
+                records.append({**base, "id": f"{stage}-{i}", "kind": "dialogue", "turns": [
+                    {"role": "user", "content": f"I have had a cough for {i} days."},
+                    {"role": "assistant", "content": "See your doctor if it lasts over three weeks."}]})
+    return records  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def staged_data(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("staged-data")
+    records = staged_records()
+    train, val = folder / "train.jsonl", folder / "validation.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in records))
+    val.write_text("".join(json.dumps({**r, "id": r["id"] + "-val"}) + "\n" for r in records[::2]))
+    return train, val

@@ -1,0 +1,82 @@
+"""Each loss term on small cases, and that gradients reach only the trainable parameters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from icft import losses
+from icft.config import load_config
+from icft.data.schema import Example
+
+
+def test_per_sequence_nll_is_mean_cross_entropy_per_row():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(5, 7), torch.tensor([1, 2, 3, 4, 5])
+    rows = torch.tensor([0, 0, 1, 1, 1])
+    nll, count = losses.per_sequence_nll(logits, targets, rows, 2)
+    token = F.cross_entropy(logits, targets, reduction="none")
+    assert torch.allclose(nll, torch.stack([token[:2].mean(), token[2:].mean()]))
+    assert count.tolist() == [2, 3]
+
+
+def test_preference_loss():
+    assert losses.preference_loss(torch.tensor(1.0), torch.tensor(1.0)).item() == pytest.approx(math.log(2))
+    # chosen more likely (lower NLL) -> smaller loss than the reverse
+    assert losses.preference_loss(torch.tensor(0.5), torch.tensor(2.0)) < losses.preference_loss(
+        torch.tensor(2.0), torch.tensor(0.5)
+    )
+
+
+def test_consistency_kl_zero_for_same_outputs_and_positive_otherwise():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6)
+    ids, logp = losses.top_k_outputs(logits, k=6)  # the whole vocabulary: exact KL
+    assert abs(losses.consistency_kl(logits, ids, logp).item()) < 1e-6
+    other = torch.randn(4, 6)
+    kl = losses.consistency_kl(other, ids, logp).item()
+    p, q = logits.log_softmax(-1), other.log_softmax(-1)
+    assert kl == pytest.approx((p.exp() * (p - q)).sum(-1).mean().item())
+    # On a top-k support the term stays >= 0
+    ids3, logp3 = losses.top_k_outputs(logits, k=3)
+    assert losses.consistency_kl(other, ids3, logp3).item() >= 0
+
+
+def test_weighted_total_leaves_out_switched_off_terms():
+    parts = {"task": torch.tensor(2.0), "consistency": torch.tensor(3.0), "finetune": torch.tensor(5.0)}
+    assert losses.weighted_total(parts, {"task": 1, "consistency": 0, "finetune": 0}).item() == 2.0
+    assert losses.weighted_total(parts, {"task": 1, "consistency": 0.5, "finetune": 2}).item() == 13.5
+
+
+def test_gradients_reach_only_trainable_parameters(tiny_llama_dir):
+    from icft.data.formatting import prompt_and_target
+    from icft.memory import MemoryItem
+    from icft.models import load_model
+    from icft.recipes.train import Batcher, apply_peft, compute_losses
+
+    config = load_config(None, ["peft.r=4"])
+    model, tokenizer = load_model(str(tiny_llama_dir))
+    model = apply_peft(model, config)
+    batcher = Batcher(tokenizer, 48)
+    new = [Example("a", "qa", "s", question="Q?", options=["x", "y"], answer=1),
+           Example("b", "preference", "s", prompt="P?", chosen="good", rejected="bad")]
+    replay = [Example("c", "text", "s", text="Some replayed text here.")]
+    ltm_ex = Example("d", "qa", "s", question="Old?", answer="yes it is")
+    seq = batcher.encode(ltm_ex)
+    k = 4
+    item = MemoryItem(ltm_ex, teacher_ids=torch.zeros(seq.n_target, k, dtype=torch.long),
+                      teacher_logprobs=torch.full((seq.n_target, k), -math.log(k)))  # fmt: skip
+    parts, task_losses, _ = compute_losses(model, batcher, new, replay, [item], config, "cpu")
+    assert all(v.item() > 0 for v in parts.values()) and task_losses.shape == (2,)
+    assert prompt_and_target(ltm_ex)[1] == " yes it is"
+    sum(parts.values()).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+        else:
+            assert p.grad is None, name
+    assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)

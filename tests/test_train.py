@@ -1,0 +1,168 @@
+"""The training recipe end to end on a tiny random Llama: outputs, resume, multi-process, failures."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from icft.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
+
+
+def overrides(model_dir: Path, data: tuple[Path, Path], steps: int = 9, save_every: int = 3) -> list[str]:
+    train, val = data
+    pairs = {
+        "model.name": str(model_dir), "model.max_length": 48, "data.train": f"[{train}]",
+        "data.validation": f"[{val}]", "train.max_steps": steps, "train.batch_size": 4, "train.log_every": 1,
+        "train.save_every": save_every, "train.eval_max_examples": 8, "memory.ltm_capacity": 12,
+        "memory.stm_capacity": 8, "train.lr": 0.01,
+    }  # fmt: skip
+    return [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
+
+
+def test_train_writes_run_folder_with_all_loss_parts(tiny_llama_dir, staged_data, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *overrides(tiny_llama_dir, staged_data), "--output-dir", str(run)]) == 0
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 10))
+    keys = {"step", "stage", "lr", "loss_total", "loss_task", "loss_consistency", "loss_finetune", "tokens_per_s"}
+    assert keys <= set(records[0])
+    assert [r["stage"] for r in records][::4] == ["general", "knowledge", "clinical"]
+    # Replay and consistency start once the first stage is consolidated into long-term memory.
+    assert records[0]["loss_consistency"] == 0.0
+    assert any(r["loss_consistency"] > 0 for r in records) and any(r["loss_finetune"] > 0 for r in records)
+    for r in records:
+        assert math.isclose(r["loss_total"], r["loss_task"] + r["loss_consistency"] + r["loss_finetune"], rel_tol=1e-4)
+
+    stage_eval = json.loads((run / "stage_eval.json").read_text())
+    assert stage_eval["stages"] == ["general", "knowledge", "clinical"]
+    assert len(stage_eval["accuracy_matrix"]) == 3 and all(len(row) == 3 for row in stage_eval["accuracy_matrix"])
+    assert (run / "config.yaml").exists() and (run / "memory" / "memory.jsonl").exists()
+    assert len((run / "memory" / "memory.jsonl").read_text().splitlines()) <= 12
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000006", "step-000009"]
+
+    # The adapter loads with peft and holds the trained weights, not the initial ones.
+    from peft import PeftModel
+
+    from icft.models import load_model
+
+    base, _ = load_model(str(tiny_llama_dir))
+    model = PeftModel.from_pretrained(base, run / "adapter")
+    trained = torch.load(run / "checkpoints" / "step-000009" / "trainable.pt")
+    params = dict(model.named_parameters())
+    lora_b = [n for n in trained if "lora_B" in n]
+    assert lora_b and all(params[n].abs().sum() > 0 for n in lora_b)
+
+
+def test_switched_off_terms_are_zero(tiny_llama_dir, staged_data, tmp_path):
+    run = tmp_path / "run"
+    args = overrides(tiny_llama_dir, staged_data, steps=6) + ["--set", "loss.consistency=0", "--set", "loss.finetune=0"]
+    assert main(["train", *args, "--output-dir", str(run)]) == 0
+    for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
+        assert r["loss_total"] == pytest.approx(r["loss_task"])
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def _icft(*args: str) -> list[str]:
+    return [sys.executable, "-m", "icft", "train", *args]
+
+
+def test_kill_and_resume_ends_with_the_same_adapter(tiny_llama_dir, staged_data, tmp_path):
+    args = overrides(tiny_llama_dir, staged_data, steps=60, save_every=5)
+    env = {**os.environ, "ICFT_CACHE": str(tmp_path / "cache")}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_icft(*args, "--output-dir", str(straight)), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(_icft(*args, "--output-dir", str(killed)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-000010").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "adapter").exists(), "the run finished before it was killed"
+
+    resumed = subprocess.run(_icft("--resume", str(killed)), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    a, b = _adapter(straight), _adapter(killed)
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61))
+
+
+def test_accelerate_launch_two_processes(tiny_llama_dir, staged_data, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "icft", "train", *overrides(tiny_llama_dir, staged_data, steps=6), "--output-dir", str(run)]  # fmt: skip
+    env = {**os.environ, "ICFT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 6
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_llama_dir, staged_data, tmp_path, monkeypatch, capsys):
+    from icft.recipes import train as recipe
+
+    real = recipe.losses.weighted_total
+    calls = {"n": 0}
+
+    def poisoned(parts, weights):
+        calls["n"] += 1
+        total = real(parts, weights)
+        return total * float("nan") if calls["n"] == 5 else total
+
+    monkeypatch.setattr(recipe.losses, "weighted_total", poisoned)
+    run = tmp_path / "run"
+    assert main(["train", *overrides(tiny_llama_dir, staged_data, steps=9), "--output-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 4" in err and "step-000003" in err and "Traceback" not in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000003"]
+    assert torch.load(run / "checkpoints" / "step-000003" / "trainable.pt")
+    assert not (run / "adapter").exists()
+
+
+@pytest.mark.parametrize(("setting", "named"), [
+    ("train.max_stepz=3", "train.max_stepz"),
+    ("train.max_steps=many", "train.max_steps"),
+    ("memory.selection=random", "memory.selection"),
+    ("curriculum.pacing=fast", "curriculum.pacing"),
+    ("memory.ltm_replay=1.5", "memory.ltm_replay"),
+])  # fmt: skip
+def test_bad_config_names_the_key(setting, named, capsys, tmp_path):
+    assert main(["train", "--set", setting, "--output-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_steps: [1, 2\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
