@@ -1,4 +1,4 @@
-"""The `icft` command line: data validate/stats, train, eval, compare, demo.
+"""The `icft` command line: data validate/stats, train, eval, compare.
 
 Each subcommand is a thin wrapper: it parses arguments and calls one function of a module.
 Errors in user input (data, config, paths) print one clear line and exit 2, without a traceback.
@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# peft still calls a transformers method that v5 renamed; the warning says nothing a user can act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,9 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--config", required=True)
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     compare.add_argument("--output-dir", help="default runs/compare-<name>")
-
-    demo = sub.add_parser("demo", help="the embedded default end to end: ICFT run plus the comparison")
-    demo.add_argument("--output-dir", default="runs")
     return parser
 
 
@@ -85,10 +85,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.set)
         compare(config, Path(args.output_dir or f"runs/compare-{config.name}"))
         return 0
-    if args.command == "demo":
-        from .recipes.demo import demo
-
-        return demo(Path(args.output_dir))
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,42 @@
+"""The bundled synthetic curriculum: the embedded default's training and evaluation data.
+
+The JSONL files under ``data/`` are generated from ``knowledge.json`` and ``general.json`` by
+``python -m icft.bundled.generate`` and committed, so loading them needs nothing but this package.
+It is synthetic educational data, not medical advice (see README.md next to this file).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data.schema import DataError, Example
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DATA_DIR = PACKAGE_DIR / "data"
+SPLITS = ("train", "validation", "test")
+
+
+def bundled_path(split: str) -> Path:
+    """Path of the packaged JSONL file for one split ("train", "validation" or "test")."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (expected one of: {', '.join(SPLITS)})")
+    return DATA_DIR / f"{split}.jsonl"
+
+
+def load_bundled(split: str) -> list[Example]:
+    """Read and validate one packaged split."""
+    path = bundled_path(split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; rebuild it with: python -m icft.bundled.generate")
+    examples = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(str(path), line_no, None, f"invalid JSON: {e.msg}") from e
+            examples.append(Example.from_dict(record, str(path), line_no))
+    return examples

@@ -27,8 +27,9 @@ class Sequence:
 def encode_pair(
     tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int, add_eos: bool = True
 ) -> Sequence:
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    # verbose=False: long prompts are cut below, so the tokenizer's length warning would only be noise.
+    prompt_ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"] if prompt else []
+    target_ids = tokenizer(target, add_special_tokens=False, verbose=False)["input_ids"]
     if add_eos and tokenizer.eos_token_id is not None:
         target_ids = target_ids + [tokenizer.eos_token_id]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []

@@ -75,8 +75,9 @@ def _load_data(paths: list[str], max_examples: int | None) -> dict[str, list[Exa
 def _load_base(name: str | None) -> tuple[Any, Any]:
     from ..models import EMBEDDED_DEFAULT, load_model
 
+    name = name or EMBEDDED_DEFAULT
     try:
-        model, tokenizer = load_model(name or EMBEDDED_DEFAULT)
+        model, tokenizer = load_model(name)
     except (OSError, ValueError) as error:  # transformers reports a bad model folder as either
         raise _BadInput(f"could not load model '{name}': {error}") from None
     return _to_best_device(model), tokenizer
@@ -128,7 +129,7 @@ def _embedder() -> Any:
 
 def _print_breakdowns(results: dict[str, Any]) -> None:
     for name, result in results.items():
-        if len(result.accuracy_by) > 1:  # one group is the file's own accuracy again
+        if result.accuracy_by:
             groups = "  ".join(f"{key}: {value:.4f}" for key, value in result.accuracy_by.items())
             print(f"{name} accuracy by group: {groups}")
 

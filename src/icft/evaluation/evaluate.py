@@ -105,9 +105,7 @@ def evaluate_examples(
     )
 
 
-def generation_metrics(
-    hyps: list[str], refs: list[str], embedder: M.Embedder | None = None
-) -> dict[str, float]:
+def generation_metrics(hyps: list[str], refs: list[str], embedder: M.Embedder | None = None) -> dict[str, float]:
     """Overlap with the references, diversity and length of generated answers."""
     out = {"bleu": M.bleu(hyps, refs), **M.rouge(hyps, refs)}
     out["distinct1"] = M.distinct_n(hyps, 1)
@@ -184,9 +182,7 @@ def format_table(results: dict[str, EvalResult]) -> str:
     """A fixed-width table: one row per file, one column per metric any file has ('-' where it has none)."""
     columns = list(_ordered({k: 0.0 for r in results.values() for k in r.scalars()}))
     header = ["file", "n", *columns]
-    rows = [
-        [name, str(r.n_examples), *(_cell(r.metrics.get(c)) for c in columns)] for name, r in results.items()
-    ]
+    rows = [[name, str(r.n_examples), *(_cell(r.metrics.get(c)) for c in columns)] for name, r in results.items()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

@@ -1,0 +1,170 @@
+"""Build the bundled synthetic curriculum from the knowledge tables.
+
+``knowledge.json`` (medical conditions) and ``general.json`` (general-knowledge facts) become Examples of
+all four kinds at three tiers of difficulty:
+
+- tier 1, stage "general": definitions and terminology, plus every general-domain (non-medical) example;
+- tier 2, stage "knowledge": single-fact questions (multiple choice, yes/no/maybe, open), fact texts and
+  preference pairs (right versus a neighbouring condition's answer);
+- tier 3, stage "clinical": vignettes with several facts, patient-doctor dialogues and safety preference
+  pairs (urgent care versus advice that ignores a red flag).
+
+Splits are by condition (and by general fact), so nothing a held-out example is about appears in train.
+Every random choice comes from a ``random.Random`` seeded by (seed, condition), so one seed always gives
+byte-identical files, and editing one condition does not reshuffle the others.
+
+The templates for one condition live in ``writer.py``; ``text.py`` decides which phrases overlap, so that a
+wrong option or a rejected answer is never also right for the condition asked about.
+
+Usage: python -m icft.bundled.generate [--out DIR] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from ..data.schema import Example
+from ..io import write_jsonl
+from . import DATA_DIR, PACKAGE_DIR, SPLITS
+from .text import capitalize, predicate, slugify
+from .writer import MEDICAL_SOURCE, ONSETS, POPULATIONS, STAGES, ConditionWriter, Table
+
+KNOWLEDGE_FILE = PACKAGE_DIR / "knowledge.json"
+GENERAL_FILE = PACKAGE_DIR / "general.json"
+LIST_FIELDS = ("symptoms", "causes", "tests", "treatments", "red_flags")
+GENERAL_SOURCE = "icft-general"
+HELD_OUT_FRACTION = 0.15  # of each specialty (or general domain), once for validation and once for test
+
+
+def _stable_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_knowledge(path: str | Path = KNOWLEDGE_FILE) -> list[dict]:
+    """The medical conditions, checked for the fields the generator needs."""
+    conditions = json.loads(Path(path).read_text(encoding="utf-8"))["conditions"]
+    for c in conditions:
+        for name in ("name", "specialty", "population", "onset", "definition", *LIST_FIELDS):
+            if not c.get(name):
+                raise ValueError(f"{path}: condition {c.get('name')!r} has no {name!r}")
+        if c["population"] not in POPULATIONS or c["onset"] not in ONSETS:
+            raise ValueError(f"{path}: {c['name']}: unknown population or onset")
+        predicate(c)
+    names = [c["name"].lower() for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: condition names must be unique")
+    return conditions
+
+
+def load_general(path: str | Path = GENERAL_FILE) -> list[dict]:
+    """The general-knowledge facts: subject, domain, fact, question, answer, distractors."""
+    facts = json.loads(Path(path).read_text(encoding="utf-8"))["facts"]
+    for f in facts:
+        if len(f["distractors"]) != 3 or f["answer"] in f["distractors"]:
+            raise ValueError(f"{path}: {f['subject']!r} needs 3 distractors that differ from the answer")
+    return facts
+
+
+def assign_splits(keys_by_group: dict[str, list[str]]) -> dict[str, str]:
+    """Per group, order the keys by hash: the first ~15% go to test, the next ~15% to validation, the rest
+    to train. Stratifying by group keeps every specialty in every split."""
+    split_of = {}
+    for group in sorted(keys_by_group):
+        keys = sorted(keys_by_group[group], key=_stable_hash)
+        n_held = max(1, int(len(keys) * HELD_OUT_FRACTION + 0.5))
+        for i, key in enumerate(keys):
+            split_of[key] = "test" if i < n_held else "validation" if i < 2 * n_held else "train"
+    return split_of
+
+
+def general_examples(fact: dict, split: str, seed: int) -> list[Example]:
+    rng = random.Random(f"icft-bundled:{seed}:general:{fact['subject']}")
+    slug = slugify(fact["subject"])
+    meta = {
+        "condition": fact["subject"], "subject": fact["subject"], "domain": fact["domain"],
+        "specialty": "general", "tier": 1, "split": split,
+    }  # fmt: skip
+    options = [fact["answer"], *fact["distractors"]]
+    rng.shuffle(options)
+
+    def example(template: str, kind: str, **fields) -> Example:
+        return Example(
+            id=f"icft-gen/{slug}/t1/{template}/0", kind=kind, source=GENERAL_SOURCE, stage=STAGES[1],
+            meta={**meta, "template": template}, **fields,
+        )  # fmt: skip
+
+    return [
+        example("text-fact", "text", text=fact["fact"]),
+        example("mc-fact", "qa", question=fact["question"], options=options, answer=options.index(fact["answer"])),
+        example("open-fact", "qa", question=fact["question"], answer=capitalize(fact["answer"]) + "."),
+    ]
+
+
+def generate(seed: int = 0) -> dict[str, list[Example]]:
+    """The whole curriculum, as {"train": [...], "validation": [...], "test": [...]}."""
+    conditions = load_knowledge()
+    facts = load_general()
+    by_specialty: dict[str, list[str]] = {}
+    for c in conditions:
+        by_specialty.setdefault(c["specialty"], []).append(c["name"])
+    by_domain: dict[str, list[str]] = {}
+    for f in facts:
+        by_domain.setdefault(f["domain"], []).append(f["subject"])
+    condition_split = assign_splits(by_specialty)
+    fact_split = assign_splits(by_domain)
+
+    splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    for f in facts:
+        split = fact_split[f["subject"]]
+        splits[split].extend(general_examples(f, split, seed))
+    table = Table(conditions)
+    for c in conditions:
+        split = condition_split[c["name"]]
+        splits[split].extend(ConditionWriter(c, table, split, seed).write_all())
+    return splits
+
+
+def write(out_dir: str | Path = DATA_DIR, seed: int = 0) -> dict[str, list[Example]]:
+    """Generate and write train.jsonl, validation.jsonl and test.jsonl (each atomically) under out_dir."""
+    splits = generate(seed)
+    for name, examples in splits.items():
+        write_jsonl(Path(out_dir) / f"{name}.jsonl", (ex.to_dict() for ex in examples))
+    return splits
+
+
+def summary(splits: dict[str, list[Example]]) -> str:
+    """Counts per split (and in total) by kind, tier and stage, as a markdown table."""
+    columns = [
+        "examples", "text", "qa", "preference", "dialogue", "tier 1", "tier 2", "tier 3",
+        "stage general", "stage knowledge", "stage clinical", "conditions", "general facts",
+    ]  # fmt: skip
+    lines = ["| split | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in [*splits, "total"]:
+        examples = [e for s in splits.values() for e in s] if name == "total" else splits[name]
+        counts = Counter(["examples"] * len(examples))
+        counts.update(e.kind for e in examples)
+        counts.update(f"tier {e.meta['tier']}" for e in examples)
+        counts.update(f"stage {e.stage}" for e in examples)
+        counts["conditions"] = len({e.meta["condition"] for e in examples if e.source == MEDICAL_SOURCE})
+        counts["general facts"] = len({e.meta["condition"] for e in examples if e.source == GENERAL_SOURCE})
+        lines.append(f"| {name} | " + " | ".join(str(counts[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate the bundled synthetic medical curriculum.")
+    parser.add_argument("--out", default=str(DATA_DIR), help="output directory (default: the packaged data)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    args = parser.parse_args(argv)
+    splits = write(args.out, args.seed)
+    print(f"wrote {', '.join(f'{n}.jsonl' for n in splits)} to {args.out}")
+    print(summary(splits))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The bundled synthetic curriculum: knowledge tables, generator and the committed JSONL files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from icft.bundled import DATA_DIR, SPLITS, bundled_path, load_bundled
+from icft.bundled.generate import LIST_FIELDS, STAGES, generate, load_general, load_knowledge, main
+
+YES_NO_MAYBE = ["yes", "no", "maybe"]
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    return generate(seed=0)
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return {split: load_bundled(split) for split in SPLITS}
+
+
+def _records(splits):
+    return {split: [ex.to_dict() for ex in examples] for split, examples in splits.items()}
+
+
+def test_generation_is_deterministic(fresh):
+    assert _records(generate(seed=0)) == _records(fresh)
+    assert _records(generate(seed=1)) != _records(fresh)
+
+
+def test_committed_files_equal_a_fresh_generation(tmp_path, capsys):
+    # Byte for byte, through the command line: the packaged data cannot go stale.
+    main(["--out", str(tmp_path), "--seed", "0"])
+    assert "| total |" in capsys.readouterr().out
+    for split in SPLITS:
+        assert bundled_path(split) == DATA_DIR / f"{split}.jsonl"
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == bundled_path(split).read_bytes(), (
+            f"{split}.jsonl is stale: run python -m icft.bundled.generate"
+        )
+
+
+def test_every_record_validates(committed, fresh):
+    # load_bundled runs every line through Example.from_dict.
+    assert _records(committed) == _records(fresh)
+    ids = [ex.id for examples in committed.values() for ex in examples]
+    assert len(ids) == len(set(ids))
+    for split, examples in committed.items():
+        for ex in examples:
+            assert ex.meta["split"] == split
+            assert ex.meta["tier"] in STAGES and ex.stage == STAGES[ex.meta["tier"]]
+            assert ex.meta["condition"] and ex.meta["specialty"]
+            assert ex.source in ("icft-medical", "icft-general")
+            assert ex.difficulty is None  # the trainer's scorers set it
+
+
+def test_splits_are_by_condition(committed):
+    about = {split: {ex.meta["condition"] for ex in examples} for split, examples in committed.items()}
+    assert not about["train"] & about["validation"]
+    assert not about["train"] & about["test"]
+    assert not about["validation"] & about["test"]
+    medical = {c["name"] for c in load_knowledge()}
+    train_share = len(about["train"] & medical) / len(medical)
+    assert 0.6 <= train_share <= 0.8
+
+
+def test_train_covers_all_kinds_tiers_and_stages(committed):
+    train = committed["train"]
+    assert {ex.kind for ex in train} == {"text", "qa", "preference", "dialogue"}
+    assert {ex.meta["tier"] for ex in train} == {1, 2, 3}
+    assert {ex.stage for ex in train} == {"general", "knowledge", "clinical"}
+    general = [ex for ex in train if ex.source == "icft-general"]
+    assert {ex.kind for ex in general} == {"text", "qa"} and all(ex.stage == "general" for ex in general)
+    qa = [ex for ex in train if ex.kind == "qa"]
+    assert any(ex.options == YES_NO_MAYBE for ex in qa)
+    assert any(ex.options is None for ex in qa)
+    assert any(ex.options and len(ex.options) == 4 for ex in qa)
+
+
+def test_size(committed):
+    total = sum(len(examples) for examples in committed.values())
+    assert total >= 3000
+    assert all(committed[split] for split in SPLITS)
+
+
+def test_multiple_choice_options(committed):
+    conditions = {c["name"]: c for c in load_knowledge()}
+    field_of = {"mc-test": "tests", "mc-treatment": "treatments", "mc-symptom": "symptoms", "mc-cause": "causes"}
+    for ex in (ex for examples in committed.values() for ex in examples):
+        if ex.kind != "qa" or not ex.options:
+            continue
+        assert 0 <= ex.answer < len(ex.options)
+        lowered = [o.lower() for o in ex.options]
+        assert len(set(lowered)) == len(lowered), ex.id  # the right option appears exactly once
+        if ex.options == YES_NO_MAYBE:
+            continue
+        field = field_of.get(ex.meta["template"])
+        if field:  # wrong options come from other conditions and are never one of this condition's values
+            own = {v.lower() for v in conditions[ex.meta["condition"]][field]}
+            assert ex.options[ex.answer].lower() in own
+            assert not own & (set(lowered) - {ex.options[ex.answer].lower()}), ex.id
+
+
+def test_preference_pairs_differ(committed):
+    pairs = [ex for examples in committed.values() for ex in examples if ex.kind == "preference"]
+    assert pairs and all(ex.chosen != ex.rejected for ex in pairs)
+    assert {ex.meta["tier"] for ex in pairs} == {2, 3}
+
+
+def test_dialogues_end_with_the_doctor(committed):
+    dialogues = [ex for examples in committed.values() for ex in examples if ex.kind == "dialogue"]
+    assert dialogues and all(ex.turns[-1]["role"] == "assistant" for ex in dialogues)
+    assert all(ex.meta["tier"] == 3 for ex in dialogues)
+
+
+def test_knowledge_table():
+    conditions = load_knowledge()
+    assert len(conditions) >= 150
+    assert len({c["specialty"] for c in conditions}) >= 15
+    for c in conditions:
+        for field in ("name", "specialty", "definition"):
+            assert isinstance(c[field], str) and c[field].strip(), (c["name"], field)
+        for field in LIST_FIELDS:
+            assert c[field] and all(isinstance(v, str) and v.strip() for v in c[field]), (c["name"], field)
+        assert 3 <= len(c["symptoms"]) <= 5, c["name"]
+        assert c["definition"].startswith(c["name"]), c["name"]
+
+
+def test_general_table():
+    facts = load_general()
+    assert len(facts) >= 80
+    assert len({f["subject"] for f in facts}) == len(facts)
+    for f in facts:
+        assert f["fact"] and f["question"] and f["answer"]
+        assert len(set(f["distractors"])) == 3 and f["answer"] not in f["distractors"]
+
+
+def test_unknown_split_is_refused():
+    with pytest.raises(ValueError, match="unknown split"):
+        bundled_path("dev")
+
+
+def test_load_bundled_names_the_bad_line(tmp_path, monkeypatch):
+    import icft.bundled as bundled
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "x", "kind": "qa", "source": "s"}) + "\n")
+    monkeypatch.setattr(bundled, "DATA_DIR", tmp_path)
+    with pytest.raises(ValueError, match=r"train.jsonl:1: field 'question'"):
+        load_bundled("train")
