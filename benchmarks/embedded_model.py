@@ -8,7 +8,7 @@ steps, batch and data; the learning rate of each is picked on the validation spl
 perplexity is reported on the test split (conditions never trained on): exp of the mean NLL of the
 answer tokens given the prompt. The LoRA row shows what `icft train` trains by default on (a).
 
-    python benchmarks/embedded_model.py --steps 300 --json embedded.json
+    python benchmarks/embedded_model.py --steps 150 --json embedded.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from icft.data.formatting import prompt_and_target  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
 from icft.data.tokenize import encode_pair  # noqa: E402
 from icft.evaluation.scoring import score_pairs  # noqa: E402
-from icft.models import EMBEDDED_DEFAULT, load_model  # noqa: E402
+from icft.models import EMBEDDED_DEFAULT, load_model, load_trained  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
 
 
@@ -54,19 +54,11 @@ def random_llama(folder: Path) -> str:
     return str(folder)
 
 
-def trained(run_dir: Path, name: str, method: str):
-    if method == "full":
-        return load_model(str(run_dir / "model"))
-    from peft import PeftModel
-
-    model, tokenizer = load_model(name)
-    return PeftModel.from_pretrained(model, run_dir / "adapter"), tokenizer
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--lrs", default="3e-4,1e-3")
     parser.add_argument("--max-eval", type=int, default=400, help="examples of each split used for perplexity")
     parser.add_argument("--json", help="write the results here")
@@ -83,28 +75,29 @@ def main() -> int:
     rows = []
     for label, (name, method) in candidates.items():
         model, tokenizer = load_model(name)
-        before = perplexity(model, tokenizer, test, 128)
+        before = perplexity(model, tokenizer, test, args.max_length)
         best = None
         for lr in [float(x) for x in args.lrs.split(",")]:
             config = load_config(None, [
                 f"model.name={name}", f"peft.method={method}", "curriculum.order=mixed", "memory.enabled=false",
                 f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.lr={lr}",
+                f"model.max_length={args.max_length}",
                 f"train.save_every={args.steps}", "train.eval_max_examples=0",
             ])  # fmt: skip
             run_dir = work / f"{len(rows)}-{lr}"
             start = time.perf_counter()
             train(config, run_dir)
             seconds = time.perf_counter() - start
-            model, tokenizer = trained(run_dir, name, method)
-            val_ppl = perplexity(model, tokenizer, val, 128)
+            model, tokenizer = load_trained(run_dir)
+            val_ppl = perplexity(model, tokenizer, val, args.max_length)
             print(f"{label} lr={lr}: validation perplexity {val_ppl:.1f}", file=sys.stderr)
             if best is None or val_ppl < best["val_ppl"]:
-                best = {"lr": lr, "val_ppl": val_ppl, "test_ppl": perplexity(model, tokenizer, test, 128),
+                best = {"lr": lr, "val_ppl": val_ppl, "test_ppl": perplexity(model, tokenizer, test, args.max_length),
                         "train_s": seconds}  # fmt: skip
         rows.append({"model": label, "test_ppl_before": before, **best})
 
     print(f"\nHeld-out perplexity on bundled test answers after {args.steps} steps x batch {args.batch_size}")
-    print(f"| model | test ppl before | lr (picked on val) | val ppl | test ppl | train s |\n|---|---|---|---|---|---|")
+    print("| model | test ppl before | lr (picked on val) | val ppl | test ppl | train s |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['test_ppl_before']:.1f} | {r['lr']:g} | {r['val_ppl']:.1f} | {r['test_ppl']:.1f} "
               f"| {r['train_s']:.0f} |")

@@ -8,7 +8,7 @@ Held out, by a hash of the id (MedQuAD: of the focus, so test documents are on t
   PubMedQA 20%, MMLU-medical 40%, MedQuAD 5% of foci; preference pairs on held-out PubMedQA questions are
   dropped from training too. Validation (for the stage accuracy matrix) is a further slice of training data.
 
-    python benchmarks/real_data.py --data ../shared/data --steps 300 --json real_data.json
+    python benchmarks/real_data.py --data ../shared/data --steps 150 --json real_data.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from icft.data.loaders import load_examples  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
 from icft.evaluation.evaluate import evaluate_examples  # noqa: E402
 from icft.io import write_jsonl  # noqa: E402
-from icft.models import load_model  # noqa: E402
+from icft.models import load_model, load_trained  # noqa: E402
 from icft.recipes.compare import method_config  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
 
@@ -77,9 +77,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--model", default="minilm-decoder")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--methods", default="base,lora-mixed,icft")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -98,7 +98,7 @@ def main() -> int:
 
     base = load_config(None, [
         f"model.name={args.model}", f"model.max_length={args.max_length}", f"data.train=[{files['train']}]",
-        f"data.validation=[{files['validation']}]", f"train.max_steps={args.steps}", "train.batch_size=16",
+        f"data.validation=[{files['validation']}]", f"train.max_steps={args.steps}", "train.batch_size=8",
         f"train.save_every={args.steps}", "train.eval_max_examples=60", "curriculum.stage_steps=[1, 2, 2]",
     ])  # fmt: skip
     results = {}
@@ -109,10 +109,7 @@ def main() -> int:
             model, tokenizer = load_model(config.model.name)
         else:
             train(config, work / method)
-            from peft import PeftModel
-
-            model, tokenizer = load_model(config.model.name)
-            model = PeftModel.from_pretrained(model, work / method / "adapter")
+            model, tokenizer = load_trained(work / method)
         row = {"train_s": time.perf_counter() - start}
         for name, examples in split["test"].items():
             m = evaluate_examples(model, tokenizer, examples, max_length=args.max_length, progress=False).metrics

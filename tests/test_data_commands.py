@@ -154,3 +154,12 @@ def test_percentile_nearest_rank():
     values = list(range(1, 101))
     assert [percentile(values, p) for p in (50, 90, 99, 100)] == [50, 90, 99, 100]
     assert percentile([7], 50) == 7
+
+
+def test_stats_score_adds_a_difficulty_histogram(tmp_path, capsys):
+    records = [{**TEXT, "id": f"t{i}", "text": " ".join(["word"] * (i + 1))} for i in range(10)]
+    assert stats([str(write_jsonl(tmp_path / "d.jsonl", records))], score=True) == 0
+    out = capsys.readouterr().out
+    assert "difficulty (10 of 10 examples have one)" in out
+    bins = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(bins) == 10 and sum(int(line.split()[2]) for line in bins) == 10

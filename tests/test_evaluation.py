@@ -205,11 +205,6 @@ def test_oracle_scores_everything_right_and_shuffled_answers_wrong(tiny_llama):
     assert mixed.metrics["accuracy"] == 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="icft.data.tokenize.encode_pair keeps only the last (room - n) tokens of an n-token prompt when "
-    "room/2 < n < room (prompt_ids[n - room:] has a negative start); fix: prompt_ids[max(0, n - room):]",
-)
 def test_scoring_keeps_a_prompt_that_fits(tiny_llama):
     from icft.evaluation.scoring import score_pairs
 
@@ -427,3 +422,15 @@ def test_eval_command_on_a_run_writes_json_and_errors(tiny_llama_dir, tmp_path, 
     errors = [json.loads(x) for x in (out.parent / "scores.errors.jsonl").read_text().splitlines()]
     n_wrong = round(10 - 8 * scores["mc.jsonl"]["accuracy"] - 2 * scores["mc.jsonl"]["preference_accuracy"])
     assert len(errors) == n_wrong and all(e["file"] == "mc.jsonl" for e in errors)
+
+
+def test_single_token_candidates_share_a_pass_and_score_the_same(tiny_llama):
+    from icft.evaluation.scoring import score_pairs
+
+    model, tokenizer = tiny_llama
+    prompt = "Question: is the sky blue?\nAnswer:"
+    pairs = [(prompt, " yes"), (prompt, " no"), (prompt, " maybe"), (prompt, " it depends on the weather")]
+    grouped = score_pairs(model, tokenizer, pairs, max_length=64)
+    one_by_one = [score_pairs(model, tokenizer, [pair], max_length=64)[0] for pair in pairs]
+    assert grouped == pytest.approx(one_by_one, abs=1e-5)
+    assert len(set(round(x, 4) for x in grouped)) == 4

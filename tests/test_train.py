@@ -116,7 +116,8 @@ def test_accelerate_launch_two_processes(tiny_llama_dir, staged_data, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "icft", "train", *overrides(tiny_llama_dir, staged_data, steps=6), "--output-dir", str(run)]  # fmt: skip
+           "-m", "icft", "train", *overrides(tiny_llama_dir, staged_data, steps=6),
+           "--output-dir", str(run)]  # fmt: skip
     env = {**os.environ, "ICFT_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("stats", "counts, length percentiles and difficulty histogram")):  # fmt: skip
         p = data.add_parser(name, help=text)
         p.add_argument("paths", nargs="+", help="data files or folders")
+        if name == "stats":
+            p.add_argument("--score", action="store_true", help="score difficulty (length + rarity) where unset")
 
     train = sub.add_parser("train", help="run the ICFT training recipe")
     train.add_argument("--config", help="YAML config (defaults apply to keys it leaves out)")
@@ -70,7 +72,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
         from .data import commands
 
-        return commands.validate(args.paths) if args.data_command == "validate" else commands.stats(args.paths)
+        if args.data_command == "validate":
+            return commands.validate(args.paths)
+        return commands.stats(args.paths, score=args.score)
     if args.command == "train":
         return _train(args)
     if args.command == "eval":

@@ -100,6 +100,7 @@ class CompareConfig:
     test: list[str] = field(default_factory=lambda: ["bundled:test"])
     max_test_examples: int = 0  # per kind (0: all)
     full_ft_lr: float = 1e-4  # full fine-tuning needs a smaller step than LoRA
+    jobs: int = 1  # runs side by side, one CPU thread each (CPU machines); 1 = one after another
 
 
 @dataclass

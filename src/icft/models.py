@@ -39,6 +39,9 @@ def load_model(
     name_or_path: str = EMBEDDED_DEFAULT, dtype: torch.dtype | str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer for a hub id, a local folder, or the embedded default."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a bar per weight file says nothing here and clutters run logs
     if name_or_path == EMBEDDED_DEFAULT:
         model, tokenizer = _load_minilm_decoder()
     else:
@@ -55,6 +58,19 @@ def load_model(
     return model, tokenizer
 
 
+def load_trained(run_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model an `icft train` run produced: its base model plus `adapter/`, or `model/` (full fine-tuning)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model").is_dir():
+        return load_model(str(run_dir / "model"))
+    import yaml
+    from peft import PeftModel
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    model, tokenizer = load_model(config["model"]["name"])
+    return PeftModel.from_pretrained(model, str(run_dir / "adapter")), tokenizer
+
+
 def _load_minilm_decoder() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import BertLMHeadModel
     from transformers.utils import logging
@@ -63,7 +79,10 @@ def _load_minilm_decoder() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the head transform is missing from the checkpoint by design
     try:
-        model = BertLMHeadModel.from_pretrained(path, is_decoder=True, tie_word_embeddings=True)
+        # No dropout in the base model, as in Llama-style decoders: LoRA brings its own, and on a CPU the
+        # dropout masks cost a sixth of each step.
+        model = BertLMHeadModel.from_pretrained(path, is_decoder=True, tie_word_embeddings=True,
+                                                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     finally:
         logging.set_verbosity(verbosity)
     transform = model.cls.predictions.transform

@@ -42,8 +42,12 @@ def validate(paths: list[str]) -> int:
     return 2 if errors else 0
 
 
-def stats(paths: list[str]) -> int:
-    """Counts, text lengths and difficulty of the examples under `paths`. Returns 0, or 2 on bad data."""
+def stats(paths: list[str], score: bool = False) -> int:
+    """Counts, text lengths and difficulty of the examples under `paths`. Returns 0, or 2 on bad data.
+
+    With `score`, examples without a difficulty get one from the curriculum's text scorers (length and
+    word rarity, as the default training config uses).
+    """
     units, errors = _expand(paths)
     examples: list[Example] = []
     for unit in units:
@@ -62,6 +66,10 @@ def stats(paths: list[str]) -> int:
                           ("stage", [e.stage or "-" for e in examples])):  # fmt: skip
         _print_counts(title, Counter(values))
     _print_lengths(examples)
+    if score:
+        from ..curriculum import attach_difficulty, difficulty_scores
+
+        examples = attach_difficulty(examples, difficulty_scores(examples, {"length": 1.0, "rarity": 1.0}))
     difficulties = [e.difficulty for e in examples if e.difficulty is not None]
     if difficulties:
         _print_histogram(difficulties, len(examples))

@@ -38,7 +38,7 @@ def encode_pair(
         prompt_ids, target_ids = target_ids[:1], target_ids[1:]
     target_ids = target_ids[: max(1, max_length - len(bos) - 1)]
     room = max_length - len(bos) - len(target_ids)
-    prompt_ids = prompt_ids[len(prompt_ids) - room :] if room > 0 else []
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - room) :] if room > 0 else []
     prompt_ids = bos + prompt_ids
     return Sequence(prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids)
 

@@ -100,6 +100,9 @@ def _load_run(run_dir: Path) -> tuple[Any, Any]:
     name = model_config.get("name") if isinstance(model_config, dict) else None
     if not isinstance(name, str) or not name:
         raise _BadInput(f"{config_path}: field 'model.name' missing (the adapter's base model)")
+    if (run_dir / "model").is_dir():  # a full fine-tuning run saves the whole model
+        model, tokenizer = _load_base(str(run_dir / "model"))
+        return _to_best_device(model), tokenizer
     if not adapter.is_dir():
         raise _BadInput(f"{adapter}: adapter not found (did the run finish?)")
     model, tokenizer = _load_base(name)

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.formatting import candidates
 from ..data.schema import Example
-from ..data.tokenize import collate, encode_pair, sequence_logprobs, target_logits
+from ..data.tokenize import collate, encode_pair, target_logits
 
 
 @dataclass
@@ -42,25 +42,38 @@ def score_pairs(
     batch_size: int = 32,
     progress: bool = False,
 ) -> list[float]:
-    """Summed log-probability of each continuation given its prompt."""
+    """Summed log-probability of each continuation given its prompt.
+
+    Pairs whose continuation is a single token and that share a prompt (yes / no / maybe) share one
+    forward pass, as in lm-evaluation-harness: one next-token distribution scores them all.
+    """
     sequences = [encode_pair(tokenizer, p, c, max_length, add_eos=False) for p, c in pairs]
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i].input_ids))
+    groups: dict[tuple, list[int]] = {}
+    for i, seq in enumerate(sequences):
+        key = tuple(seq.input_ids[:-1]) if seq.n_target == 1 else ("own pass", i)
+        groups.setdefault(key, []).append(i)
+    passes = sorted(groups.values(), key=lambda members: -len(sequences[members[0]].input_ids))
     scores = [0.0] * len(sequences)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    batches = range(0, len(order), batch_size)
+    batches = range(0, len(passes), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="scoring", unit="batch", leave=False)
     for start in batches:
-        idx = order[start : start + batch_size]
-        batch = collate([sequences[i] for i in idx], tokenizer.pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        _, row_sum, _ = sequence_logprobs(*target_logits(model, batch), n_rows=len(idx))
-        for i, s in zip(idx, row_sum.tolist()):
-            scores[i] = s
+        chunk = passes[start : start + batch_size]
+        batch = collate([sequences[members[0]] for members in chunk], tokenizer.pad_token_id)
+        logits, targets, rows = target_logits(model, {k: v.to(device) for k, v in batch.items()})
+        logp = logits.float().log_softmax(-1)
+        for r, members in enumerate(chunk):
+            positions = (rows == r).nonzero().squeeze(-1)
+            if len(members) == 1:
+                scores[members[0]] = logp[positions, targets[positions]].sum().item()
+            else:  # single-token continuations of one prompt
+                for i in members:
+                    scores[i] = logp[positions[0], sequences[i].input_ids[-1]].item()
     model.train(was_training)
     return scores
 

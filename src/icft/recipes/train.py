@@ -52,6 +52,39 @@ class TrainingError(RuntimeError):
     pass
 
 
+class ProgressDisplay:
+    """A tqdm bar (stage, competence, loss parts, tokens/s, ETA) on a terminal; in a log file, one plain line
+    per logged step with its ETA; nothing on other processes or with ICFT_QUIET=1."""
+
+    def __init__(self, total: int, initial: int, quiet: bool):
+        from tqdm.auto import tqdm
+
+        self.total, self.initial, self.quiet = total, initial, quiet
+        self.tty = sys.stdout.isatty()
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=total, initial=initial, desc="icft train", unit="step", file=sys.stdout,
+                        disable=quiet or not self.tty, dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+
+    def step(self) -> None:
+        self.bar.update(1)
+
+    def status(self, step: int, text: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            self.bar.set_postfix_str(text)
+            return
+        eta = (time.perf_counter() - self.start) / max(1, step - self.initial) * (self.total - step)
+        print(f"step {step}/{self.total} {text} eta {eta:.0f}s", flush=True)
+
+    def write(self, text: str) -> None:
+        if not self.quiet:
+            self.bar.write(text) if self.tty else print(text, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @dataclass
 class Progress:
     """Where the run is: everything besides weights and optimizer that a resumed run needs."""
@@ -218,7 +251,7 @@ def stage_accuracies(model, tokenizer, val_groups: list[list[Example]], config: 
     row = []
     for group in val_groups:
         scorable = [ex for ex in group if is_scorable(ex)]
-        random.Random(config.train.seed).shuffle(scorable)  # the same subset for every method and step
+        random.Random(0).shuffle(scorable)  # the same subset for every method, seed and step
         scorable = scorable[: config.train.eval_max_examples]
         scores = score_choices(model, tokenizer, scorable, max_length=config.model.max_length)
         row.append(choice_accuracy(scores, normalised=True) if scores else float("nan"))
@@ -361,7 +394,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
         ltm.load_state_dict(state["ltm"])
         restore_rng_states(state["rng"], rng)
         say(f"resumed from {checkpoint} at step {progress.step}")
-    elif main and run_dir.exists() and (run_dir / "checkpoints").exists():
+    elif main and (run_dir / "checkpoints").exists():
+        say(f"starting a new run in {run_dir}: its old checkpoints are removed (use --resume to continue instead)")
         shutil.rmtree(run_dir / "checkpoints")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -375,7 +409,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
     micro = config.train.batch_size
     n_ltm = round(micro * mc.ltm_replay) if mc.enabled else 0
     n_stm = round(micro * mc.stm_replay) if mc.enabled else 0
-    bar = _progress_bar(config.train.max_steps, progress.step, disable=not main)
+    quiet = not main or os.environ.get("ICFT_QUIET") == "1"
+    bar = ProgressDisplay(config.train.max_steps, progress.step, quiet)
     window: dict[str, list[float]] = {"total": [], "task": [], "consistency": [], "finetune": []}
     window_tokens, window_start = 0, time.perf_counter()
     run_start = time.perf_counter() - progress.wall_s
@@ -415,7 +450,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
         scheduler.step()
         progress.step += 1
         progress.tokens += window_tokens
-        bar.update(1)
+        bar.step()
 
         if progress.step % config.train.log_every == 0 or progress.step == config.train.max_steps:
             elapsed = time.perf_counter() - window_start
@@ -428,9 +463,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
             }  # fmt: skip
             logged.append(record)
             accelerator.log({k: v for k, v in record.items() if k != "stage"}, step=progress.step)
-            bar.set_postfix_str(
+            bar.status(
+                progress.step,
                 f"{stage_name} c={comp:.2f} task={record['loss_task']:.3f} cons={record['loss_consistency']:.3f} "
-                f"ft={record['loss_finetune']:.3f} {record['tokens_per_s']:.0f} tok/s"
+                f"ft={record['loss_finetune']:.3f} {record['tokens_per_s']:.0f} tok/s",
             )
             if main:
                 write_jsonl(metrics_path, logged)
@@ -498,11 +534,3 @@ def _read_metrics(path: Path, upto: int) -> list[dict]:
     if not path.exists():
         return []
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= upto]
-
-
-def _progress_bar(total: int, initial: int, disable: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="icft train", unit="step", disable=disable,
-                file=sys.stdout, dynamic_ncols=True, mininterval=1.0)  # fmt: skip
-
