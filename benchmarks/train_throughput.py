@@ -49,9 +49,10 @@ def hf_trainer_lora(name: str, steps: int, batch_size: int, max_length: int, lr:
         return batch
 
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch_size,
-                             learning_rate=lr, lr_scheduler_type="cosine", warmup_ratio=0.05, save_strategy="no",
-                             logging_strategy="no", report_to=[], seed=seed, dataloader_num_workers=0,
-                             remove_unused_columns=False, use_cpu=not torch.cuda.is_available())  # fmt: skip
+                             learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=int(0.05 * steps),
+                             save_strategy="no", logging_strategy="no", report_to=[], seed=seed,
+                             dataloader_num_workers=0, remove_unused_columns=False,
+                             use_cpu=not torch.cuda.is_available())  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     start = time.perf_counter()
     trainer.train()

@@ -49,7 +49,7 @@ def test_compare_runs_every_method_and_writes_report(tiny_llama_dir, staged_data
         f"model.name={tiny_llama_dir}", "model.max_length=48", f"data.train=[{train}]", f"data.validation=[{val}]",
         "train.max_steps=6", "train.batch_size=4", "train.save_every=6", "train.eval_max_examples=6",
         "memory.ltm_capacity=8", "compare.methods=[base, lora-sequential, icft]", "compare.seeds=[0, 1]",
-        f"compare.test=[{val}]", "compare.max_test_examples=3",
+        f"compare.test=[{train}]", "compare.max_test_examples=3",
     ])  # fmt: skip
     results = compare(config, tmp_path / "cmp")
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())

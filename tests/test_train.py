@@ -167,3 +167,14 @@ def test_bad_config_file(tmp_path, capsys):
     bad.write_text("train:\n  max_steps: [1, 2\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def test_plateau_ends_a_stage_early_and_gives_its_steps_to_the_next(tiny_llama_dir, staged_data, tmp_path):
+    # lr 0: the validation loss never improves, so each stage (but the last) ends at its second check.
+    run = tmp_path / "run"
+    args = overrides(tiny_llama_dir, staged_data, steps=12) + [
+        "--set", "train.lr=0", "--set", "curriculum.plateau_patience=1", "--set", "curriculum.plateau_every=1"]
+    assert main(["train", *args, "--output-dir", str(run)]) == 0
+    stages = [json.loads(x)["stage"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["general"] * 2 + ["knowledge"] * 2 + ["clinical"] * 8
+    assert len(json.loads((run / "stage_eval.json").read_text())["accuracy_matrix"]) == 3

@@ -51,6 +51,9 @@ class CurriculumConfig:
     start_competence: float = 0.2
     pacing_share: float = 0.8  # competence reaches 1 after this share of the stage's steps
     scorers: dict[str, float] = field(default_factory=lambda: {"length": 1.0, "rarity": 1.0})
+    plateau_patience: int = 0  # >0: a stage also ends once its validation loss stops improving for this many checks
+    plateau_every: int = 20  # steps between those checks
+    plateau_min_delta: float = 0.01  # the least drop in loss that counts as improving
 
 
 @dataclass
@@ -132,7 +135,8 @@ POSITIVE = (
     "model.max_length", "train.max_steps", "train.batch_size", "train.grad_accum", "train.log_every",
     "train.save_every", "peft.r", "memory.stm_capacity", "memory.ltm_capacity", "memory.teacher_top_k",
 )  # fmt: skip
-NON_NEGATIVE = ("train.lr", "train.weight_decay", "loss.task", "loss.consistency", "loss.finetune")
+NON_NEGATIVE = ("train.lr", "train.weight_decay", "loss.task", "loss.consistency", "loss.finetune",
+                "curriculum.plateau_patience", "curriculum.plateau_min_delta")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

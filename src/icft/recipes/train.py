@@ -21,6 +21,7 @@ against.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import resource
@@ -42,7 +43,7 @@ from ..data.formatting import prompt_and_target
 from ..data.schema import Example
 from ..data.sources import load_data
 from ..data.tokenize import Sequence, collate, encode_pair, target_logits
-from ..evaluation.scoring import choice_accuracy, is_scorable, score_choices
+from ..evaluation.scoring import choice_accuracy, is_scorable, score_choices, score_pairs
 from ..io import write_json, write_jsonl
 from ..memory import Embedder, LongTermMemory, MemoryItem, ShortTermMemory, example_text
 from ..models import count_parameters, extra_trainable_modules, load_model, lora_target_modules
@@ -93,6 +94,9 @@ class Progress:
     tokens: int = 0
     accuracy_rows: list[list[float]] = field(default_factory=list)
     wall_s: float = 0.0
+    boundaries: list[int] = field(default_factory=list)  # the step each stage ends; a plateau moves one earlier
+    plateau_best: float = math.inf
+    plateau_checks: int = 0  # checks in a row without improvement
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,6 +262,16 @@ def stage_accuracies(model, tokenizer, val_groups: list[list[Example]], config: 
     return row
 
 
+def validation_loss(model, tokenizer, examples: list[Example], config: RunConfig) -> float:
+    """Mean NLL per target token on (a fixed sample of) a stage's validation examples."""
+    examples = list(examples)
+    random.Random(0).shuffle(examples)
+    pairs = [prompt_and_target(ex) for ex in examples[: config.train.eval_max_examples or 200]]
+    logprobs = score_pairs(model, tokenizer, pairs, max_length=config.model.max_length)
+    tokens = sum(encode_pair(tokenizer, p, t, config.model.max_length, add_eos=False).n_target for p, t in pairs)
+    return -sum(logprobs) / max(1, tokens)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -355,7 +369,6 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
         train_budgets, pacing = [config.train.max_steps], "none"
     else:
         train_stages, train_budgets, pacing = stages, budgets, config.curriculum.pacing
-    train_boundaries = [int(b) for b in np.cumsum(train_budgets)]
     pacing_steps = [int(b * config.curriculum.pacing_share) for b in train_budgets]
     start = config.curriculum.start_competence
     samplers = [
@@ -381,7 +394,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
     device = accelerator.device
     batcher = Batcher(tokenizer, config.model.max_length)
 
-    progress = Progress()
+    progress = Progress(boundaries=boundaries)
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
@@ -397,6 +410,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
     elif main and (run_dir / "checkpoints").exists():
         say(f"starting a new run in {run_dir}: its old checkpoints are removed (use --resume to continue instead)")
         shutil.rmtree(run_dir / "checkpoints")
+    boundaries = progress.boundaries
+    train_boundaries = boundaries if len(train_stages) > 1 else [config.train.max_steps]
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -422,6 +437,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
         sampler, stage_name = samplers[t_index], train_stages[t_index].name
         comp = curriculum.competence(step - stage_start, pacing_steps[t_index], pacing, start)
 
+        step_tokens = 0
         for _ in range(config.train.grad_accum):
             with accelerator.accumulate(model):
                 ltm_items = ltm.sample(n_ltm, rng) if len(ltm) else []
@@ -446,10 +462,11 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
             window["total"].append(total_loss.item())
             for k, v in parts.items():
                 window[k].append(v.item())
-            window_tokens += n_tokens
+            step_tokens += n_tokens
         scheduler.step()
         progress.step += 1
-        progress.tokens += window_tokens
+        progress.tokens += step_tokens
+        window_tokens += step_tokens
         bar.step()
 
         if progress.step % config.train.log_every == 0 or progress.step == config.train.max_steps:
@@ -473,7 +490,22 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
             window = {k: [] for k in window}
             window_tokens, window_start = 0, time.perf_counter()
 
+        cc = config.curriculum
+        if (cc.plateau_patience and len(train_stages) > 1 and t_index < len(train_stages) - 1
+                and (progress.step - stage_start) % cc.plateau_every == 0 and val_groups[t_index]):  # fmt: skip
+            loss = validation_loss(accelerator.unwrap_model(model), tokenizer, val_groups[t_index], config)
+            if loss < progress.plateau_best - cc.plateau_min_delta:
+                progress.plateau_best, progress.plateau_checks = loss, 0
+            else:
+                progress.plateau_checks += 1
+            if progress.plateau_checks >= cc.plateau_patience:
+                bar.write(f"stage {stage_name}: validation loss {loss:.4f} has plateaued; "
+                          f"the next stage starts at step {progress.step}")  # fmt: skip
+                boundaries[t_index] = progress.step  # the unused steps go to the next stage
+
         at_boundary = progress.step in boundaries
+        if at_boundary:
+            progress.plateau_best, progress.plateau_checks = math.inf, 0
         if mc.enabled and (at_boundary or (mc.consolidate_every and progress.step % mc.consolidate_every == 0)):
             consolidate(accelerator.unwrap_model(model), batcher, stm, ltm, embedder, stage_name, config, rng, device)
         if at_boundary and config.train.eval_max_examples and val_groups:
