@@ -224,8 +224,8 @@ def verdicts(results: dict) -> list[str]:
         ours = results["icft"][key]
         wins, ties, losses = [], [], []
         for m, r in results.items():
-            if m == "icft" or key not in r:
-                continue
+            if m == "icft" or key not in r or (m == "base" and key in ("peak_rss_mb", "wall_s")):
+                continue  # the untrained base costs nothing to train: no contest there
             gap = ours["mean"] - r[key]["mean"]
             noise = max(ours["std"], r[key]["std"])
             if abs(gap) <= noise or abs(gap) < 1e-9:
@@ -246,7 +246,9 @@ def _report(results: dict, table: str, config: RunConfig, matrices: dict) -> str
         "",
         f"Model `{config.model.name}`, {config.train.max_steps} optimizer steps per method, batch "
         f"{config.train.batch_size}, seeds {seeds}; mean ± std over seeds. Test data: "
-        f"{', '.join(config.compare.test)} (conditions never seen in training). Stage accuracies, forgetting "
+        f"{', '.join(config.compare.test)} (conditions never seen in training"
+        + (f"; {config.compare.max_test_examples} examples of each kind" if config.compare.max_test_examples else "")
+        + "). Stage accuracies, forgetting "
         "and backward transfer come from the validation splits after each stage's step budget.",
         "",
         table,
