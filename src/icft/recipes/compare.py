@@ -92,7 +92,7 @@ def evaluate_run(model, tokenizer, test: list[Example], embedder, config: RunCon
     from ..evaluation.evaluate import evaluate_examples
 
     result = evaluate_examples(model, tokenizer, test, embedder=embedder, max_length=config.model.max_length,
-                               max_new_tokens=32, progress=False)  # fmt: skip
+                               max_new_tokens=24, progress=False)  # fmt: skip
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     by = result.metrics.get("accuracy_by", {})
     if "source=icft-general" in by:
