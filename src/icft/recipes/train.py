@@ -555,7 +555,8 @@ def _save_outputs(run_dir: Path, model, tokenizer, config, ltm, stages, progress
         "peak_rss_mb": peak_rss_mb, "peak_gpu_mb": peak_gpu_mb, "ltm_counts": ltm.counts(),
         "final_losses": logged[-1] if logged else None,
     })  # fmt: skip
-    print(f"wrote {run_dir}: adapter, memory ({len(ltm)} exemplars), metrics.jsonl, stage_eval.json, summary.json")
+    weights = "adapter" if config.peft.method == "lora" else "model"
+    print(f"wrote {run_dir}: {weights}, memory ({len(ltm)} exemplars), metrics.jsonl, stage_eval.json, summary.json")
 
 
 def _mean(values: list[float]) -> float:
