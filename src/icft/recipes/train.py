@@ -465,7 +465,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
             step_tokens += n_tokens
         scheduler.step()
         progress.step += 1
-        progress.tokens += step_tokens
+        progress.tokens += step_tokens * accelerator.num_processes  # every process takes a batch of its own
         window_tokens += step_tokens
         bar.step()
 
