@@ -8,8 +8,7 @@ import pytest
 
 from icft.bundled import DATA_DIR, SPLITS, bundled_path, load_bundled
 from icft.bundled.generate import LIST_FIELDS, STAGES, generate, load_general, load_knowledge, main
-
-YES_NO_MAYBE = ["yes", "no", "maybe"]
+from icft.data.schema import YES_NO_MAYBE
 
 
 @pytest.fixture(scope="module")

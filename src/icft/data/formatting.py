@@ -6,9 +6,7 @@ A target starts with a space so that word-piece and BPE tokenizers split it the 
 
 from __future__ import annotations
 
-from .schema import Example
-
-OPTION_LETTERS = "ABCDEFGHIJ"
+from .schema import OPTION_LETTERS, Example
 
 
 def qa_prompt(ex: Example) -> str:

@@ -37,10 +37,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .schema import KNOWN_FIELDS, DataError, Example
+from .schema import KNOWN_FIELDS, OPTION_LETTERS, YES_NO_MAYBE, DataError, Example
 
-PUBMEDQA_OPTIONS = ["yes", "no", "maybe"]
-LETTERS = "ABCDEFGHIJ"
 DATASET_SUFFIXES = (".parquet", ".arrow")
 
 
@@ -169,7 +167,7 @@ def _pubmedqa(record: Any, number: int | None, name: str) -> dict:
     record = _object(record)
     label_key = "label" if "label" in record else "final_decision"
     label = _text(record, label_key).strip().lower()
-    if label not in PUBMEDQA_OPTIONS:
+    if label not in YES_NO_MAYBE:
         raise _Unmappable(label_key, f"'{label}' is not one of yes/no/maybe")
     context = record.get("context")
     if isinstance(context, dict):  # the Hugging Face pubmed_qa form: {"contexts": [...], "labels": ...}
@@ -180,7 +178,7 @@ def _pubmedqa(record: Any, number: int | None, name: str) -> dict:
     return {
         "id": _id(record, str(record.get("pubid") or f"pubmedqa/{number}")),
         "kind": "qa", "source": "pubmedqa", "question": _text(record, "question"), "context": context or None,
-        "options": PUBMEDQA_OPTIONS, "answer": PUBMEDQA_OPTIONS.index(label), "meta": meta,
+        "options": YES_NO_MAYBE, "answer": YES_NO_MAYBE.index(label), "meta": meta,
     }  # fmt: skip
 
 
@@ -213,8 +211,8 @@ def _medquad(record: Any, number: int | None, name: str) -> dict:
 
 def _answer_index(value: Any, key: str, n_options: int) -> int:
     """An answer given as an index or as a letter (A, B, ...)."""
-    if isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in LETTERS:
-        value = LETTERS.index(value.strip().upper())
+    if isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in OPTION_LETTERS:
+        value = OPTION_LETTERS.index(value.strip().upper())
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Unmappable(key, f"expected an option index or letter, got {value!r}")
     if not 0 <= value < n_options:

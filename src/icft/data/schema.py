@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 KINDS = ("text", "qa", "preference", "dialogue")
+OPTION_LETTERS = "ABCDEFGHIJ"  # how options are named in prompts and in MMLU/MedQA answer keys
+YES_NO_MAYBE = ["yes", "no", "maybe"]  # the options of PubMedQA-style questions
 ROLES = ("user", "assistant")
 REQUIRED_FIELDS = {
     "text": ("text",),

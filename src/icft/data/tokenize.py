@@ -15,7 +15,7 @@ IGNORE_INDEX = -100
 
 
 @dataclass
-class Sequence:
+class TokenizedPair:
     input_ids: list[int]
     labels: list[int]
 
@@ -26,7 +26,7 @@ class Sequence:
 
 def encode_pair(
     tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int, add_eos: bool = True
-) -> Sequence:
+) -> TokenizedPair:
     # verbose=False: long prompts are cut below, so the tokenizer's length warning would only be noise.
     prompt_ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"] if prompt else []
     target_ids = tokenizer(target, add_special_tokens=False, verbose=False)["input_ids"]
@@ -40,10 +40,10 @@ def encode_pair(
     room = max_length - len(bos) - len(target_ids)
     prompt_ids = prompt_ids[max(0, len(prompt_ids) - room) :] if room > 0 else []
     prompt_ids = bos + prompt_ids
-    return Sequence(prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids)
+    return TokenizedPair(prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids)
 
 
-def collate(sequences: list[Sequence], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(sequences: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sequence in the batch."""
     width = max(len(s.input_ids) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)

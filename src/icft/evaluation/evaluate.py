@@ -25,13 +25,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.formatting import prompt_and_target, reference
-from ..data.schema import Example
+from ..data.schema import YES_NO_MAYBE, Example
 from ..data.tokenize import collate, encode_pair, sequence_logprobs, target_logits
 from . import metrics as M
 from .generation import context_limit, generate_answers
 from .scoring import ChoiceScores, choice_accuracy, is_scorable, score_choices
 
-YES_NO_MAYBE = ["yes", "no", "maybe"]
 # Table and JSON order; metrics not listed here follow in alphabetical order.
 METRIC_ORDER = [
     "accuracy", "accuracy_norm", "macro_f1", "preference_accuracy", "perplexity",

@@ -42,7 +42,7 @@ from ..config import RunConfig, save_config
 from ..data.formatting import prompt_and_target
 from ..data.schema import Example
 from ..data.sources import load_data
-from ..data.tokenize import Sequence, collate, encode_pair, target_logits
+from ..data.tokenize import TokenizedPair, collate, encode_pair, target_logits
 from ..evaluation.scoring import choice_accuracy, is_scorable, score_choices, score_pairs
 from ..io import write_json, write_jsonl
 from ..memory import Embedder, LongTermMemory, MemoryItem, ShortTermMemory, example_text
@@ -164,9 +164,9 @@ class Batcher:
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer, self.max_length = tokenizer, max_length
-        self.cache: dict[tuple[str, str], Sequence] = {}
+        self.cache: dict[tuple[str, str], TokenizedPair] = {}
 
-    def encode(self, ex: Example, answer: str = "chosen") -> Sequence:
+    def encode(self, ex: Example, answer: str = "chosen") -> TokenizedPair:
         key = (ex.id, answer)
         if key not in self.cache:
             prompt, target = prompt_and_target(ex)
@@ -179,7 +179,7 @@ class Batcher:
 def compute_losses(model, batcher: Batcher, new: list[Example], replay: list[Example], ltm: list[MemoryItem],
                    config: RunConfig, device) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:  # fmt: skip
     """Loss parts for one micro-batch, the per-example task losses (for the STM) and the token count."""
-    seqs: list[Sequence] = []
+    seqs: list[TokenizedPair] = []
     task_rows, pair_rows = [], []  # (index in `new`, row) and (index in `new`, chosen row, rejected row)
     for i, ex in enumerate(new):
         if ex.kind == "preference":
