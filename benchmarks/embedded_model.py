@@ -28,7 +28,7 @@ from icft.config import load_config  # noqa: E402
 from icft.data.formatting import prompt_and_target  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
 from icft.data.tokenize import encode_pair  # noqa: E402
-from icft.evaluation.scoring import score_pairs  # noqa: E402
+from icft.likelihood import score_pairs  # noqa: E402
 from icft.models import EMBEDDED_DEFAULT, load_model, load_trained  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
 

@@ -206,7 +206,7 @@ def test_oracle_scores_everything_right_and_shuffled_answers_wrong(tiny_llama):
 
 
 def test_scoring_keeps_a_prompt_that_fits(tiny_llama):
-    from icft.evaluation.scoring import score_pairs
+    from icft.likelihood import score_pairs
 
     model, tokenizer = tiny_llama
     prompt = " ".join(f"step {i}" for i in range(60))  # 120 varied tokens (the random model must see them)
@@ -425,7 +425,7 @@ def test_eval_command_on_a_run_writes_json_and_errors(tiny_llama_dir, tmp_path, 
 
 
 def test_single_token_candidates_share_a_pass_and_score_the_same(tiny_llama):
-    from icft.evaluation.scoring import score_pairs
+    from icft.likelihood import score_pairs
 
     model, tokenizer = tiny_llama
     prompt = "Question: is the sky blue?\nAnswer:"

@@ -31,18 +31,38 @@ def test_preference_loss():
     )
 
 
-def test_consistency_kl_zero_for_same_outputs_and_positive_otherwise():
+def test_consistency_kl_is_exact_kl_when_k_covers_the_vocabulary():
     torch.manual_seed(0)
-    logits = torch.randn(4, 6)
-    ids, logp = losses.top_k_outputs(logits, k=6)  # the whole vocabulary: exact KL
-    assert abs(losses.consistency_kl(logits, ids, logp).item()) < 1e-6
-    other = torch.randn(4, 6)
+    logits, other = torch.randn(4, 6), torch.randn(4, 6)
+    ids, logp = losses.top_k_outputs(logits, k=6)
     kl = losses.consistency_kl(other, ids, logp).item()
     p, q = logits.log_softmax(-1), other.log_softmax(-1)
-    assert kl == pytest.approx((p.exp() * (p - q)).sum(-1).mean().item())
-    # On a top-k support the term stays >= 0
-    ids3, logp3 = losses.top_k_outputs(logits, k=3)
-    assert losses.consistency_kl(other, ids3, logp3).item() >= 0
+    assert kl == pytest.approx((p.exp() * (p - q)).sum(-1).mean().item(), abs=1e-6)
+
+
+def test_consistency_kl_is_zero_with_zero_gradient_at_the_stored_distribution():
+    """k much smaller than the vocabulary: the teacher's own logits must be a minimum, not a slope."""
+    torch.manual_seed(0)
+    logits = (torch.randn(8, 1000) * 1.5).requires_grad_(True)  # a realistic spread: top-16 mass well below 1
+    ids, logp = losses.top_k_outputs(logits.detach(), k=16)
+    assert logp.exp().sum(-1).max() < 0.9  # the rest bucket matters in this case
+    loss = losses.consistency_kl(logits, ids, logp)
+    loss.backward()
+    assert abs(loss.item()) <= 1e-6
+    assert logits.grad.abs().max().item() <= 1e-6
+    # Renormalising the top-k (the old loss) was -log(top-k mass) here, about a nat or more.
+    assert (-logp.exp().sum(-1).log()).mean().item() > 0.1
+
+
+def test_consistency_kl_is_positive_when_the_student_moves():
+    torch.manual_seed(0)
+    logits = torch.randn(8, 1000) * 3
+    ids, logp = losses.top_k_outputs(logits, k=16)
+    assert losses.consistency_kl(logits + torch.randn(8, 1000), ids, logp).item() > 1e-3
+    # Moving mass between the top-k and the rest also counts, even with the top-k ratios unchanged.
+    sharper = logits.clone()
+    sharper.scatter_add_(-1, ids, torch.full_like(logp, 1.0))
+    assert losses.consistency_kl(sharper, ids, logp).item() > 1e-3
 
 
 def test_weighted_total_leaves_out_switched_off_terms():

@@ -313,3 +313,50 @@ def test_embedder_real_model():
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
     assert Embedder().encode([]).shape == (0, 384)
+
+
+def preference(i: int | str, stage: str = "s1") -> Example:
+    return Example(id=f"pref-{i}", kind="preference", source="test", stage=stage, prompt=f"Treat {i}?",
+                   chosen="Test first.", rejected="Ignore it.")  # fmt: skip
+
+
+def test_stm_eviction_keeps_every_kind_even_when_one_kind_has_lower_losses():
+    """Preference pairs with low losses must not all be evicted: eviction is balanced across kinds."""
+    stm = ShortTermMemory(capacity=6)
+    stm.update([qa(i) for i in range(6)], [5.0 + i for i in range(6)])
+    stm.update([preference(i) for i in range(6)], [0.1 * i for i in range(6)])
+    kinds = Counter(item.example.kind for item in stm.items())
+    assert kinds == {"qa": 3, "preference": 3}
+    # Within a kind the best-learned (lowest loss) go first.
+    assert {item.example.id for item in stm.items() if item.example.kind == "qa"} == {"qa-3", "qa-4", "qa-5"}
+    assert {item.example.id for item in stm.items() if item.example.kind == "preference"} == {
+        "pref-3", "pref-4", "pref-5"}
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 16])
+def test_replayed_fraction_matches_the_share_at_any_batch_size(batch_size):
+    from icft.memory import ReplaySchedule
+
+    schedule = ReplaySchedule(batch_size, ltm_share=0.25, stm_share=0.125)
+    ltm = stm = 0
+    for _ in range(200):
+        n_ltm, n_stm = schedule.counts(True, True)
+        assert 0 <= n_ltm + n_stm <= batch_size
+        ltm, stm = ltm + n_ltm, stm + n_stm
+    slots = 200 * batch_size
+    assert abs(ltm / slots - 0.25) <= 0.02 and abs(stm / slots - 0.125) <= 0.02
+    assert ltm > 0 and stm > 0  # round(1 * 0.25) == 0 replayed nothing at all
+
+
+def test_replay_schedule_saves_nothing_up_for_an_empty_memory_and_resumes_exactly():
+    from icft.memory import ReplaySchedule
+
+    schedule = ReplaySchedule(2, 0.25, 0.125)
+    for _ in range(50):
+        assert schedule.counts(False, False) == (0, 0)
+    assert schedule.carry == {"ltm": 0.0, "stm": 0.0}
+    for _ in range(7):
+        schedule.counts(True, True)
+    copy = ReplaySchedule(2, 0.25, 0.125)
+    copy.load_state_dict(schedule.state_dict())
+    assert [schedule.counts(True, True) for _ in range(20)] == [copy.counts(True, True) for _ in range(20)]

@@ -44,23 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="write metrics to this JSON file")
     ev.add_argument("--max-examples", type=int, default=None, help="evaluate at most this many per file")
     ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--retrieve", type=int, default=0, metavar="K", help="put the K nearest memory facts in prompts")
+    ev.add_argument("--knowledge", action="append", metavar="PATH", help="extra text/qa records to retrieve from")
 
     compare = sub.add_parser("compare", help="ICFT against baselines, same budget, several seeds")
     compare.add_argument("--config", required=True)
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     compare.add_argument("--output-dir", help="default runs/compare-<name>")
+
+    from .inference.commands import add_parsers  # generate, chat, export, serve
+
+    add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .data.schema import DataError
-    from .recipes.train import TrainingError
+    from .errors import USER_ERRORS  # light: `icft data validate` must not pay for torch
 
     try:
         return _dispatch(args)
-    except (ConfigError, DataError, TrainingError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -81,7 +85,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .evaluation.commands import eval_command
 
         return eval_command(run_dir=args.run, model=args.model, data=args.data, json_path=args.json,
-                            max_examples=args.max_examples, batch_size=args.batch_size)  # fmt: skip
+                            max_examples=args.max_examples, batch_size=args.batch_size,
+                            retrieve=args.retrieve, knowledge=args.knowledge)  # fmt: skip
+    if args.command in ("generate", "chat", "export", "serve"):
+        from .inference.commands import dispatch
+
+        return dispatch(args)
     if args.command == "compare":
         from .config import load_config
         from .recipes.compare import compare

@@ -1,6 +1,8 @@
 """Run configuration: small dataclasses, loaded from YAML with `--set dotted.key=value` overrides.
 
-Every key is checked: an unknown key or a value of the wrong type or range is an error naming the key.
+Every key is checked before any data or model loads: an unknown key, or a value of the wrong type or
+range, is a ConfigError naming the key. The allowed values of a key live next to it, in the field's
+metadata (`choice`, `between`, `at_least`): one source for the check and for the reader.
 """
 
 from __future__ import annotations
@@ -14,81 +16,101 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    pass
+SCORERS = ("length", "rarity", "model_loss")  # difficulty scorers, see curriculum.py
+PACINGS = ("none", "linear", "sqrt", "step")  # competence schedules, see curriculum.competence
+SELECTIONS = ("herding", "kcenter", "reservoir")  # LTM exemplar selection, see memory/selection.py
+TEMPLATES = ("auto", "plain", "chat")  # prompt format, see data/formatting.py
+
+
+def choice(default: Any, allowed: tuple) -> Any:
+    return field(default=default, metadata={"choices": allowed})
+
+
+def between(default: float, low: float, high: float, high_open: bool = False) -> Any:
+    """A number in [low, high], or [low, high) with high_open."""
+    return field(default=default, metadata={"range": (low, high, high_open)})
+
+
+def at_least(default: float, low: float) -> Any:
+    return field(default=default, metadata={"range": (low, None, False)})
 
 
 @dataclass
 class ModelConfig:
     name: str = "minilm-decoder"  # hub id, local folder, or the embedded default
-    max_length: int = 128  # tokens per training sequence
+    max_length: int = at_least(128, 8)  # tokens per training sequence
 
 
 @dataclass
 class PeftConfig:
-    method: str = "lora"  # "lora" or "full" (full fine-tuning, a baseline)
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] | None = None  # None: found per architecture (icft.models.lora_target_modules)
+    method: str = choice("lora", ("lora", "full"))  # "full": full fine-tuning, a baseline
+    r: int = at_least(8, 1)
+    alpha: int = at_least(16, 1)
+    dropout: float = between(0.05, 0.0, 1.0, high_open=True)
+    target_modules: list[str] | str | None = None  # None or "attention": per architecture; "all-linear"; or names
 
 
 @dataclass
 class DataConfig:
     train: list[str] = field(default_factory=lambda: ["bundled:train"])
     validation: list[str] = field(default_factory=lambda: ["bundled:validation"])
-    max_train_examples: int = 0  # 0: all
+    # With no validation files, this share of the training data is held out for the stage metrics.
+    validation_split: float = between(0.05, 0.0, 0.5)
+    max_train_examples: int = at_least(0, 0)  # 0: all
+    template: str = choice("auto", TEMPLATES)  # auto: the tokenizer's chat template where it has one
 
 
 @dataclass
 class CurriculumConfig:
-    order: str = "curriculum"  # "curriculum" (stages in order) or "mixed" (all stages shuffled together)
+    order: str = choice("curriculum", ("curriculum", "mixed"))  # mixed: all stages shuffled together
     stages: list[str] | str = field(default_factory=lambda: ["general", "knowledge", "clinical"])  # or "auto"
-    num_stages: int = 3  # with stages: auto, difficulty quantiles
+    num_stages: int = at_least(3, 1)  # with stages: auto, difficulty quantiles
     stage_steps: list[float] | None = None  # share of train.max_steps per stage; None: in proportion to size
-    pacing: str = "sqrt"  # competence schedule inside a stage: none, linear, sqrt, step
-    start_competence: float = 0.2
-    pacing_share: float = 0.8  # competence reaches 1 after this share of the stage's steps
+    pacing: str = choice("sqrt", PACINGS)  # competence schedule inside a stage
+    start_competence: float = between(0.2, 0.0, 1.0)
+    pacing_share: float = between(0.8, 0.0, 1.0)  # competence reaches 1 after this share of the stage's steps
     scorers: dict[str, float] = field(default_factory=lambda: {"length": 1.0, "rarity": 1.0})
-    plateau_patience: int = 0  # >0: a stage also ends once its validation loss stops improving for this many checks
-    plateau_every: int = 20  # steps between those checks
-    plateau_min_delta: float = 0.01  # the least drop in loss that counts as improving
+    plateau_patience: int = at_least(0, 0)  # >0: a stage also ends once its validation loss stops improving
+    plateau_every: int = at_least(20, 1)  # steps between those checks
+    plateau_min_delta: float = at_least(0.01, 0.0)  # the least drop in loss that counts as improving
 
 
 @dataclass
 class MemoryConfig:
     enabled: bool = True
-    stm_capacity: int = 256
-    stm_replay: float = 0.125  # share of each batch re-mixed from the STM's high-loss examples
-    ltm_capacity: int = 384
-    ltm_replay: float = 0.25  # share of each batch replayed from the LTM
-    selection: str = "herding"  # herding, kcenter or reservoir
-    consolidate_every: int = 0  # also consolidate every N steps (0: only at stage ends)
-    teacher_top_k: int = 16  # top-k output distribution stored per target token
+    stm_capacity: int = at_least(256, 1)
+    stm_replay: float = between(0.125, 0.0, 1.0, high_open=True)  # share of each batch re-mixed from the STM
+    ltm_capacity: int = at_least(384, 1)
+    ltm_replay: float = between(0.25, 0.0, 1.0, high_open=True)  # share of each batch replayed from the LTM
+    selection: str = choice("herding", SELECTIONS)
+    consolidate_every: int = at_least(0, 0)  # also consolidate every N steps (0: only at stage ends)
+    teacher_top_k: int = at_least(16, 1)  # top-k output distribution stored per target token
 
 
 @dataclass
 class LossConfig:
-    task: float = 1.0  # w_t: supervised loss on the current batch
-    consistency: float = 1.0  # w_c: KL to the stored outputs on replayed LTM examples
-    finetune: float = 1.0  # w_f: language-modelling loss on replayed memory examples' gold targets
+    task: float = at_least(1.0, 0.0)  # w_t: supervised loss on the current batch
+    consistency: float = at_least(1.0, 0.0)  # w_c: KL to the stored outputs on replayed LTM examples
+    finetune: float = at_least(1.0, 0.0)  # w_f: language-modelling loss on replayed memory examples
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 300  # optimizer steps over all stages
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
+    max_steps: int = at_least(300, 1)  # optimizer steps over all stages
+    batch_size: int = at_least(16, 1)  # micro-batch per process
+    grad_accum: int = at_least(1, 1)
+    lr: float = at_least(1e-3, 0.0)
+    weight_decay: float = at_least(0.0, 0.0)
+    warmup_ratio: float = between(0.05, 0.0, 1.0)
+    max_grad_norm: float = at_least(1.0, 0.0)
     seed: int = 0
-    save_every: int = 100
-    log_every: int = 10
-    mixed_precision: str = "no"  # no, fp16, bf16 (accelerate)
-    eval_max_examples: int = 200  # per stage, for the after-stage accuracy matrix (0: skip it)
+    save_every: int = at_least(100, 1)
+    log_every: int = at_least(10, 1)
+    mixed_precision: str = choice("no", ("no", "fp16", "bf16"))  # through accelerate; bf16 also on CPU
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
+    eval_max_examples: int = at_least(200, 0)  # per stage, for the after-stage accuracy matrix (0: skip it)
 
 
 @dataclass
@@ -101,9 +123,9 @@ class CompareConfig:
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     test: list[str] = field(default_factory=lambda: ["bundled:test"])
-    max_test_examples: int = 0  # per kind (0: all)
-    full_ft_lr: float = 1e-4  # full fine-tuning needs a smaller step than LoRA
-    jobs: int = 1  # runs side by side, one CPU thread each (CPU machines); 1 = one after another
+    max_test_examples: int = at_least(0, 0)  # per kind (0: all)
+    full_ft_lr: float = at_least(1e-4, 0.0)  # full fine-tuning needs a smaller step than LoRA
+    jobs: int = at_least(1, 1)  # runs side by side, one CPU thread each (CPU machines); 1 = one after another
 
 
 @dataclass
@@ -123,22 +145,6 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "peft.method": ("lora", "full"),
-    "curriculum.order": ("curriculum", "mixed"),
-    "curriculum.pacing": ("none", "linear", "sqrt", "step"),
-    "memory.selection": ("herding", "kcenter", "reservoir"),
-    "train.mixed_precision": ("no", "fp16", "bf16"),
-}
-SHARES = ("curriculum.start_competence", "curriculum.pacing_share", "memory.stm_replay", "memory.ltm_replay")
-POSITIVE = (
-    "model.max_length", "train.max_steps", "train.batch_size", "train.grad_accum", "train.log_every",
-    "train.save_every", "peft.r", "memory.stm_capacity", "memory.ltm_capacity", "memory.teacher_top_k",
-)  # fmt: skip
-NON_NEGATIVE = ("train.lr", "train.weight_decay", "loss.task", "loss.consistency", "loss.finetune",
-                "curriculum.plateau_patience", "curriculum.plateau_min_delta")
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     raw: dict[str, Any] = {}
     if path is not None:
@@ -154,7 +160,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
         _set_dotted(raw, key.strip(), yaml.safe_load(value))
     config = _build(RunConfig, raw, "")
-    _check(config)
+    check(config)
     return config
 
 
@@ -217,30 +223,49 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
 
 
-def _check(config: RunConfig) -> None:
-    def get(key: str) -> Any:
-        node: Any = config
-        for part in key.split("."):
-            node = getattr(node, part)
-        return node
-
-    for key, allowed in CHOICES.items():
-        if get(key) not in allowed:
-            raise ConfigError(f"config key '{key}': {get(key)!r} is not one of {', '.join(allowed)}")
-    for key in SHARES:
-        if not 0.0 <= get(key) <= 1.0:
-            raise ConfigError(f"config key '{key}': {get(key)} is outside [0, 1]")
-    for key in POSITIVE:
-        if get(key) <= 0:
-            raise ConfigError(f"config key '{key}': must be > 0, got {get(key)}")
-    for key in NON_NEGATIVE:
-        if get(key) < 0:
-            raise ConfigError(f"config key '{key}': must be >= 0, got {get(key)}")
-    stages = config.curriculum.stages
-    if isinstance(stages, str) and stages != "auto":
-        raise ConfigError(f"config key 'curriculum.stages': expected a list of stage names or 'auto', got {stages!r}")
-    if config.memory.stm_replay + config.memory.ltm_replay >= 1.0:
-        raise ConfigError("config keys 'memory.stm_replay' + 'memory.ltm_replay' must leave room for new data (< 1)")
-    steps = config.curriculum.stage_steps
-    if steps is not None and (any(s <= 0 for s in steps) or not steps):
+def check(config: RunConfig) -> None:
+    """Every key against its field's allowed values, then the rules that tie keys together."""
+    _check_fields(config, "")
+    cc, mc, loss = config.curriculum, config.memory, config.loss
+    if isinstance(cc.stages, str) and cc.stages != "auto":
+        raise ConfigError(f"config key 'curriculum.stages': expected a list of stage names or auto, got {cc.stages!r}")
+    if isinstance(cc.stages, list) and (not cc.stages or len(set(cc.stages)) != len(cc.stages)):
+        raise ConfigError(f"config key 'curriculum.stages': needs distinct stage names, got {cc.stages}")
+    if cc.stage_steps is not None and (not cc.stage_steps or any(s <= 0 for s in cc.stage_steps)):
         raise ConfigError("config key 'curriculum.stage_steps': shares must be positive")
+    for name, weight in cc.scorers.items():
+        if name not in SCORERS:
+            raise ConfigError(f"config key 'curriculum.scorers': unknown scorer '{name}' (known: {', '.join(SCORERS)})")
+        if weight < 0:
+            raise ConfigError(f"config key 'curriculum.scorers.{name}': must be >= 0, got {weight}")
+    if not any(w > 0 for w in cc.scorers.values()):
+        raise ConfigError("config key 'curriculum.scorers': give one scorer a positive weight, e.g. {length: 1}")
+    target = config.peft.target_modules
+    if isinstance(target, str) and target not in ("attention", "all-linear"):
+        raise ConfigError(f"config key 'peft.target_modules': {target!r} is not attention, all-linear or a name list")
+    if mc.stm_replay + mc.ltm_replay >= 1.0:
+        raise ConfigError("config keys 'memory.stm_replay' + 'memory.ltm_replay' must leave room for new data (< 1)")
+    if loss.task == 0 and loss.consistency == 0 and loss.finetune == 0:
+        raise ConfigError("config keys 'loss.task', 'loss.consistency' and 'loss.finetune' are all 0: nothing to "
+                          "train on; give one a positive weight")  # fmt: skip
+    if not config.data.train:
+        raise ConfigError("config key 'data.train': give at least one training file (or bundled:train)")
+    if not config.compare.seeds:
+        raise ConfigError("config key 'compare.seeds': give at least one seed, e.g. [0, 1, 2]")
+    if not config.compare.methods:
+        raise ConfigError("config key 'compare.methods': give at least one method")
+
+
+def _check_fields(node: Any, prefix: str) -> None:
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, key + ".")
+            continue
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(f.metadata['choices'])}")
+        if "range" in f.metadata:
+            low, high, high_open = f.metadata["range"]
+            if value < low or (high is not None and (value >= high if high_open else value > high)):
+                where = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
+                raise ConfigError(f"config key '{key}': must be {where}, got {value}")

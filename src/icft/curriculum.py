@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import PACINGS as SCHEDULES
+from .config import SCORERS
 from .data.formatting import prompt_and_target
 from .data.schema import Example
-from .data.tokenize import encode_pair
 from .io import atomic_path
 
-SCORERS = ("length", "rarity", "model_loss")
-SCHEDULES = ("linear", "sqrt", "step", "none")
 STEP_JUMPS = 4  # the "step" schedule raises competence in this many equal jumps
 
 _WORD = re.compile(r"\w+")
@@ -63,13 +62,10 @@ def model_loss_score(
     examples: list[Example], model, tokenizer, max_length: int = 256, batch_size: int = 32
 ) -> np.ndarray:
     """Raw: the model's mean per-token negative log-likelihood of each target given its prompt."""
-    from .evaluation.scoring import score_pairs  # torch-heavy; only this scorer needs it
+    from .likelihood import answer_nll  # torch-heavy; only this scorer needs it
 
     pairs = [prompt_and_target(ex) for ex in examples]
-    logprobs = score_pairs(model, tokenizer, pairs, max_length=max_length, batch_size=batch_size)
-    # Same encoding as score_pairs (no EOS), so the count matches the tokens that were scored.
-    counts = [encode_pair(tokenizer, p, t, max_length, add_eos=False).n_target for p, t in pairs]
-    return np.array([-lp / max(1, n) for lp, n in zip(logprobs, counts)], dtype=np.float64)
+    return np.array(answer_nll(model, tokenizer, pairs, max_length, batch_size), dtype=np.float64)
 
 
 def normalise(raw: np.ndarray) -> np.ndarray:
@@ -249,3 +245,96 @@ class CompetenceSampler:
     def load_state_dict(self, state: dict) -> None:
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
+
+
+# ------------------------------------------------------------------------------------------- the schedule
+
+
+class StageSchedule:
+    """Which stage each optimizer step trains on, how much of it pacing shows, and where each stage ends.
+
+    `stages` are the curriculum stages (the accuracy matrix has one row per stage end). With order
+    "mixed" all stages are shuffled into one pool and trained together, but the stage ends still mark
+    when memory is consolidated and the matrix row is taken, so every method is measured at the same
+    steps. A stage ends at its step budget or earlier, when its validation loss plateaus (the steps it
+    leaves go to the next stage).
+    """
+
+    def __init__(self, stages: list[Stage], budgets: list[int], order: str, pacing: str, start: float,
+                 pacing_share: float, seed: int):  # fmt: skip
+        if len(budgets) != len(stages):
+            raise ValueError(f"{len(budgets)} step budgets for {len(stages)} stages")
+        self.stages, self.order = stages, order
+        self.ends = [int(b) for b in np.cumsum(budgets)]  # the step after which each stage is done
+        if order == "mixed":
+            everything = _by_difficulty([ex for s in stages for ex in s.examples])
+            pools, pool_budgets, pacing = [Stage("mixed", everything)], [self.ends[-1]], "none"
+        else:
+            pools, pool_budgets = stages, list(budgets)
+        self.pacing, self.start = pacing, start
+        self.pacing_steps = [int(b * pacing_share) for b in pool_budgets]
+        self.samplers = [CompetenceSampler(pool, n, pacing, start, seed=seed + 31 * i)
+                         for i, (pool, n) in enumerate(zip(pools, self.pacing_steps))]  # fmt: skip
+        self.plateau_best, self.plateau_checks = math.inf, 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.ends[-1]
+
+    def stage_index(self, step: int) -> int:
+        """The curriculum stage that step `step` (0-based) belongs to."""
+        return next(i for i, end in enumerate(self.ends) if step < end)
+
+    def _pool(self, step: int) -> tuple[int, int]:
+        """(sampler index, the step within that sampler's pool)."""
+        if self.order == "mixed":
+            return 0, step
+        i = self.stage_index(step)
+        return i, step - (self.ends[i - 1] if i else 0)
+
+    def competence(self, step: int) -> float:
+        i, local = self._pool(step)
+        return competence(local, self.pacing_steps[i], self.pacing, self.start)
+
+    def sample(self, step: int, n: int) -> list[Example]:
+        i, local = self._pool(step)
+        return self.samplers[i].sample(local, n)
+
+    def ends_stage(self, steps_done: int) -> bool:
+        return steps_done in self.ends
+
+    def record_validation_loss(self, steps_done: int, loss: float, patience: int, min_delta: float) -> bool:
+        """Track the current stage's validation loss; end the stage now once it stops improving."""
+        if loss < self.plateau_best - min_delta:
+            self.plateau_best, self.plateau_checks = loss, 0
+        else:
+            self.plateau_checks += 1
+        if self.plateau_checks < patience:
+            return False
+        self.ends[self.stage_index(steps_done - 1)] = steps_done
+        return True
+
+    def start_next_stage(self) -> None:
+        self.plateau_best, self.plateau_checks = math.inf, 0
+
+    def state_dict(self) -> dict:
+        return {"ends": list(self.ends), "plateau": [self.plateau_best, self.plateau_checks],
+                "samplers": [s.state_dict() for s in self.samplers]}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ends = list(state["ends"])
+        self.plateau_best, self.plateau_checks = state["plateau"]
+        for sampler, s in zip(self.samplers, state["samplers"]):
+            sampler.load_state_dict(s)
+
+
+def stage_budgets(total: int, stages: list[Stage], shares: list[float] | None) -> list[int]:
+    """Optimizer steps per stage: configured shares, or in proportion to stage sizes; they sum to total."""
+    if total < len(stages):
+        raise ValueError(f"train.max_steps={total} is fewer than the {len(stages)} curriculum stages")
+    shares = shares or [len(s.examples) for s in stages]
+    if len(shares) != len(stages):
+        raise ValueError(f"curriculum.stage_steps has {len(shares)} entries for {len(stages)} stages")
+    budgets = [max(1, int(total * s / sum(shares))) for s in shares]
+    budgets[-1] = total - sum(budgets[:-1])
+    return budgets

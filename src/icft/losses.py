@@ -10,9 +10,12 @@ All terms work on the flat per-target-token view that `icft.data.tokenize.target
 - L_fine-tune: cross-entropy on the gold targets of examples replayed from memory (STM and LTM).
 - L_consistency: KL(teacher || student) on replayed LTM examples' target tokens. The teacher is the
   model's own output distribution recorded when the example entered long-term memory, stored as its
-  top-k tokens (full 30k-token distributions would not fit in memory). The student's log-probabilities
-  are taken from its full softmax, so the term is >= 0 and is 0 only when the student matches the
-  teacher on those k tokens and puts no mass elsewhere.
+  top-k tokens (full 30k-token distributions would not fit in memory). Both sides are compared on k + 1
+  outcomes: the teacher's k tokens and one "rest of the vocabulary" bucket holding the remaining mass
+  (1 - sum of the top-k probabilities). That is the KL between the two distributions coarsened to those
+  k + 1 outcomes, so it is >= 0 and exactly 0, with zero gradient, where the student equals the stored
+  distribution: it holds the model where it was. (Renormalising the top-k to 1 instead would leave a
+  loss of -log(top-k mass) at the teacher, whose gradient sharpens the model onto the k tokens.)
 """
 
 from __future__ import annotations
@@ -39,15 +42,24 @@ def preference_loss(chosen_nll: torch.Tensor, rejected_nll: torch.Tensor) -> tor
 def consistency_kl(
     student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor
 ) -> torch.Tensor:
-    """Mean over tokens of KL(p_teacher || p_student) on the teacher's top-k support.
+    """Mean over tokens of KL(p_teacher || p_student) on the teacher's top-k tokens plus a rest bucket.
 
-    student_logits (n, vocab); teacher_ids, teacher_logprobs (n, k).
+    student_logits (n, vocab); teacher_ids (n, k) token ids; teacher_logprobs (n, k) the teacher's
+    log-probabilities from its full softmax (not renormalised), so that its rest mass is recoverable.
     """
     if student_logits.numel() == 0:
         return student_logits.new_zeros(())
-    teacher_logp = teacher_logprobs.float().log_softmax(-1)  # renormalise the top-k mass to 1
-    student_logp = student_logits.float().log_softmax(-1).gather(-1, teacher_ids)
-    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).mean()
+    teacher_logp = teacher_logprobs.float()
+    student_all = student_logits.float().log_softmax(-1)
+    student_logp = student_all.gather(-1, teacher_ids)
+    # The rest bucket: log(1 - sum p) from the mass outside the top-k, computed without cancellation.
+    outside = student_all.scatter(-1, teacher_ids, float("-inf"))
+    student_rest = outside.logsumexp(-1)
+    teacher_rest_mass = (1.0 - teacher_logp.exp().sum(-1)).clamp(min=0.0)
+    teacher_rest = teacher_rest_mass.clamp(min=1e-30).log()
+    top = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+    rest = torch.where(teacher_rest_mass > 0, teacher_rest_mass * (teacher_rest - student_rest), 0.0)
+    return (top + rest).mean()
 
 
 def top_k_outputs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -154,9 +154,12 @@ def _object(record: Any) -> dict:
     return record
 
 
-def _id(record: dict, fallback: str) -> str:
-    value = record.get("id")
-    return str(value) if value not in (None, "") else fallback
+def _id(record: dict, fallback: Any = None) -> str | None:
+    """The record's own id, else the dataset's (fallback); None lets `_convert_one` use "<path>:<line>"."""
+    for value in (record.get("id"), fallback):
+        if value not in (None, ""):
+            return str(value)
+    return None
 
 
 def _icft(record: Any, number: int | None, name: str) -> Any:
@@ -176,7 +179,7 @@ def _pubmedqa(record: Any, number: int | None, name: str) -> dict:
         context = "\n".join(context)
     meta = {"long_answer": record["long_answer"]} if record.get("long_answer") else {}
     return {
-        "id": _id(record, str(record.get("pubid") or f"pubmedqa/{number}")),
+        "id": _id(record, record.get("pubid")),
         "kind": "qa", "source": "pubmedqa", "question": _text(record, "question"), "context": context or None,
         "options": YES_NO_MAYBE, "answer": YES_NO_MAYBE.index(label), "meta": meta,
     }  # fmt: skip
@@ -205,7 +208,7 @@ def _medquad(record: Any, number: int | None, name: str) -> dict:
         raise _Skip("answer", "empty answer (MedQuAD removed some answers for copyright reasons)")
     source = f"medquad/{record['source']}" if record.get("source") else "medquad"
     meta = {key: record[key] for key in ("focus", "qtype") if record.get(key)}
-    return {"id": _id(record, f"{source}/{number}"), "kind": "qa", "source": source,
+    return {"id": _id(record), "kind": "qa", "source": source,
             "question": question, "answer": answer, "meta": meta}  # fmt: skip
 
 
@@ -228,7 +231,7 @@ def _mmlu(record: Any, number: int | None, name: str) -> dict:
         raise _Unmappable(options_key, "must be a list of options")
     subject = record.get("subject")
     source = f"mmlu/{subject}" if subject else "mmlu"
-    return {"id": _id(record, f"{source}/{number}"), "kind": "qa", "source": source,
+    return {"id": _id(record), "kind": "qa", "source": source,
             "question": _text(record, "question"), "options": options,
             "answer": _answer_index(record.get("answer"), "answer", len(options)),
             "meta": {"subject": subject} if subject else {}}  # fmt: skip
@@ -250,7 +253,7 @@ def _medqa(record: Any, number: int | None, name: str) -> dict:
     else:
         raise _Unmappable("options", "must be an object of lettered options")
     meta = {"meta_info": record["meta_info"]} if record.get("meta_info") else {}
-    return {"id": _id(record, f"medqa/{number}"), "kind": "qa", "source": "medqa",
+    return {"id": _id(record), "kind": "qa", "source": "medqa",
             "question": _text(record, "question"), "options": options, "answer": answer,
             "meta": meta}  # fmt: skip
 
@@ -266,7 +269,7 @@ def _medmcqa(record: Any, number: int | None, name: str, one_based: bool = False
     meta = {new: record[old] for old, new in
             (("exp", "explanation"), ("subject_name", "subject"), ("topic_name", "topic"))
             if record.get(old)}  # fmt: skip
-    return {"id": _id(record, f"medmcqa/{number}"), "kind": "qa", "source": "medmcqa",
+    return {"id": _id(record), "kind": "qa", "source": "medmcqa",
             "question": _text(record, "question"),
             "options": [_text(record, key) for key in ("opa", "opb", "opc", "opd")],
             "answer": answer, "meta": meta}  # fmt: skip
@@ -286,13 +289,13 @@ def _chatdoctor(record: Any, number: int | None, name: str) -> dict:
     record = _object(record)
     turns = [{"role": "user", "content": _text(record, "patient")},
              {"role": "assistant", "content": _text(record, "doctor")}]  # fmt: skip
-    return {"id": _id(record, f"chatdoctor/{number}"), "kind": "dialogue", "source": "chatdoctor",
+    return {"id": _id(record), "kind": "dialogue", "source": "chatdoctor",
             "turns": turns}  # fmt: skip
 
 
 def _pairs(record: Any, number: int | None, name: str) -> dict:
     record = _object(record)
-    return {"id": _id(record, f"medical_llm_rl/{number}"), "kind": "preference", "source": "medical_llm_rl",
+    return {"id": _id(record), "kind": "preference", "source": "medical_llm_rl",
             "prompt": _text(record, "prompt"), "chosen": _text(record, "chosen"),
             "rejected": _text(record, "rejected")}  # fmt: skip
 
@@ -303,7 +306,7 @@ def _alpaca(record: Any, number: int | None, name: str) -> dict:
     extra = record.get("input")
     if isinstance(extra, str) and extra.strip():
         question = f"{question}\n{extra}"
-    return {"id": _id(record, f"{name}/{number}"), "kind": "qa", "source": name,
+    return {"id": _id(record), "kind": "qa", "source": name,
             "question": question, "answer": _text(record, "output")}  # fmt: skip
 
 
@@ -325,7 +328,7 @@ def _sharegpt(record: Any, number: int | None, name: str) -> dict:
         else:
             raise _Unmappable("conversations", f"turn {i}: unknown speaker {speaker!r} (human, gpt, system)")
     meta = {"system": "\n".join(system)} if system else {}
-    return {"id": _id(record, f"{name}/{number}"), "kind": "dialogue", "source": name,
+    return {"id": _id(record), "kind": "dialogue", "source": name,
             "turns": turns, "meta": meta}  # fmt: skip
 
 
@@ -366,6 +369,9 @@ def _convert_one(raw: _Raw, mapper: Callable, name: str) -> Example:
         raise
     except _Unmappable as error:
         raise DataError(raw.path, raw.line, error.field, error.message) from None
+    if isinstance(record, dict) and record.get("id") is None and "kind" in record:
+        # No id in the source: the file and line (or record number) make one that no other file shares.
+        record = {**record, "id": f"{raw.path}:{raw.line if raw.line is not None else raw.number}"}
     return Example.from_dict(record, raw.path, raw.line)
 
 

@@ -9,13 +9,16 @@ Four kinds of example, all flat JSON objects on disk (one per line in `.jsonl`):
 - ``preference``: {"prompt", "chosen", "rejected"}              which of two answers is better
 - ``dialogue``:   {"turns": [{"role": "user"|"assistant", "content": "..."}, ...]}  last turn is the assistant's
 
-Every example also has ``id``, ``kind``, ``source`` and optionally ``stage``, ``difficulty`` (in [0, 1])
-and ``meta`` (free-form dict, e.g. the bundled data's ``condition`` and ``tier``).
+Every example also has ``kind``, ``id`` (default: ``<file>:<line>``), ``source`` (default: the file's
+stem) and optionally ``stage``, ``difficulty`` (in [0, 1]) and ``meta`` (free-form dict, e.g. the bundled
+data's ``condition`` and ``tier``). In memory an example also knows its ``origin`` (file and line), so
+that a duplicate id can be reported with both places; it is not written back to disk.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 KINDS = ("text", "qa", "preference", "dialogue")
@@ -61,10 +64,11 @@ class Example:
     rejected: str | None = None
     turns: list[dict[str, str]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    origin: str = field(default="", compare=False, repr=False)  # "<file>:<line>" it was read from
 
     def to_dict(self) -> dict[str, Any]:
         """The on-disk form: fields that are unset are left out."""
-        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {} and k != "origin"}
 
     @classmethod
     def from_dict(cls, record: Any, path: str = "<memory>", line: int | None = None) -> Example:
@@ -78,6 +82,11 @@ class Example:
         unknown = sorted(set(record) - KNOWN_FIELDS)
         if unknown:
             raise fail(unknown[0], f"unknown field (known fields: {', '.join(sorted(KNOWN_FIELDS))})")
+        from_file = path != "<memory>"
+        if from_file and "id" not in record and line is not None:
+            record = {**record, "id": f"{path}:{line}"}
+        if from_file and "source" not in record:
+            record = {**record, "source": Path(path).stem}
         for name in ("id", "kind", "source"):
             if name not in record:
                 raise fail(name, "missing required field")
@@ -121,6 +130,7 @@ class Example:
             difficulty=difficulty, text=record.get("text"), question=record.get("question"),
             context=record.get("context"), options=options, answer=answer, prompt=record.get("prompt"),
             chosen=record.get("chosen"), rejected=record.get("rejected"), turns=turns, meta=meta,
+            origin=path if line is None else f"{path}:{line}",
         )  # fmt: skip
 
 

@@ -1,10 +1,16 @@
-"""Resolve the data entries of a config: `bundled:<split>` or a path any loader understands."""
+"""Resolve the data entries of a config (`bundled:<name>` or a path any loader understands), check that
+example ids are unique across everything loaded, and carve a validation split when none is given."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 
-from .schema import Example
+from .schema import DataError, Example
+
+# Meta fields that name the document or topic an example comes from: examples sharing one stay on one
+# side of a held-out split, so near-duplicates (the same condition asked two ways) cannot leak across.
+GROUP_KEYS = ("condition", "focus", "document", "topic")
 
 
 def load_data(specs: list[str], quiet: bool = False) -> list[Example]:
@@ -15,10 +21,43 @@ def load_data(specs: list[str], quiet: bool = False) -> list[Example]:
         if spec.startswith("bundled:"):
             from ..bundled import load_bundled
 
-            examples += load_bundled(spec.split(":", 1)[1])
+            try:
+                examples += load_bundled(spec.split(":", 1)[1])
+            except ValueError as error:  # an unknown bundled name
+                raise DataError(spec, None, None, str(error)) from None
             continue
         result = load_examples(spec)
         if result.skipped and not quiet:
             print(f"{spec}: skipped {len(result.skipped)} records (first: {result.skipped[0][1]})", file=sys.stderr)
         examples += result.examples
+    check_unique_ids(examples)
     return examples
+
+
+def check_unique_ids(examples: list[Example]) -> None:
+    """Memories and the tokenisation cache are keyed by id: a repeated id is an error naming both places."""
+    seen: dict[str, Example] = {}
+    for ex in examples:
+        first = seen.setdefault(ex.id, ex)
+        if first is not ex:
+            raise DataError(ex.origin or "<data>", None, "id",
+                            f"'{ex.id}' is also the id of the example at {first.origin or '<data>'}; ids must be "
+                            "unique across all files loaded together (remove the duplicate or give it a new id)")
+
+
+def group_key(ex: Example) -> str:
+    return next((str(ex.meta[k]) for k in GROUP_KEYS if ex.meta.get(k)), ex.id)
+
+
+def split_validation(examples: list[Example], share: float) -> tuple[list[Example], list[Example]]:
+    """(train, validation): about `share` of the groups held out, chosen by a hash of the group key.
+
+    A hash, not a random draw: the same example lands on the same side in every run and every process.
+    """
+    def held_out(ex: Example) -> bool:
+        digest = hashlib.sha256(group_key(ex).encode("utf-8")).hexdigest()
+        return int(digest[:8], 16) % 10_000 < share * 10_000
+
+    train = [ex for ex in examples if not held_out(ex)]
+    validation = [ex for ex in examples if held_out(ex)]
+    return train, validation

@@ -25,14 +25,28 @@ class TokenizedPair:
 
 
 def encode_pair(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int, add_eos: bool = True
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    target: str,
+    max_length: int,
+    add_eos: bool = True,
+    template: str = "plain",
 ) -> TokenizedPair:
+    """Prompt and target ids, labels on the target only.
+
+    ``template="plain"`` adds the tokenizer's BOS before the prompt and, with `add_eos`, EOS after the target.
+    ``template="chat"`` adds neither: chat pairs (`formatting.prompt_and_target(..., template="chat")`) already
+    hold BOS, turn markers and end-of-turn as text, and a second BOS or a stray EOS after the end-of-turn
+    would teach the model a sequence its template never produces. Special tokens written as text become
+    their ids here (the tokenizer matches added tokens before splitting words).
+    """
     # verbose=False: long prompts are cut below, so the tokenizer's length warning would only be noise.
     prompt_ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"] if prompt else []
     target_ids = tokenizer(target, add_special_tokens=False, verbose=False)["input_ids"]
-    if add_eos and tokenizer.eos_token_id is not None:
+    plain = template != "chat"
+    if plain and add_eos and tokenizer.eos_token_id is not None:
         target_ids = target_ids + [tokenizer.eos_token_id]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = [tokenizer.bos_token_id] if plain and tokenizer.bos_token_id is not None else []
     if not prompt_ids and not bos:
         # A plain-text example: the first token has nothing to be predicted from, so it becomes the prompt.
         prompt_ids, target_ids = target_ids[:1], target_ids[1:]
@@ -55,26 +69,3 @@ def collate(sequences: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tens
         labels[i, :n] = torch.tensor(s.labels)
         attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-
-
-def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits only at positions that predict a target token: (n, vocab), their labels (n,), rows (n,).
-
-    With a 30k-token vocabulary the output projection is most of the compute, and prompts are often
-    longer than targets, so transformers' boolean `logits_to_keep` skips the prompt positions.
-    """
-    labels = batch["labels"]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
-    ).logits
-    return logits, labels[:, 1:][keep[:, :-1]], keep.nonzero()[:, 0]
-
-
-def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int):
-    """Per-token log-probabilities of the targets, summed per row: (token_logp (n,), row_sum, row_count)."""
-    token_logp = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    row_sum = torch.zeros(n_rows, device=logits.device).index_add(0, rows, token_logp)
-    row_count = torch.zeros(n_rows, device=logits.device).index_add(0, rows, torch.ones_like(token_logp))
-    return token_logp, row_sum, row_count

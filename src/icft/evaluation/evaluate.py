@@ -26,7 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.formatting import prompt_and_target, reference
 from ..data.schema import YES_NO_MAYBE, Example
-from ..data.tokenize import collate, encode_pair, sequence_logprobs, target_logits
+from ..data.tokenize import collate, encode_pair
+from ..likelihood import sequence_logprobs, target_logits
 from . import metrics as M
 from .generation import context_limit, generate_answers
 from .scoring import ChoiceScores, choice_accuracy, is_scorable, score_choices
