@@ -29,8 +29,9 @@ from icft.data.formatting import prompt_and_target  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
 from icft.data.tokenize import encode_pair  # noqa: E402
 from icft.likelihood import score_pairs  # noqa: E402
-from icft.models import EMBEDDED_DEFAULT, load_model, load_trained  # noqa: E402
+from icft.models import EMBEDDED_DEFAULT, load_model  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
+from icft.runs import load_run  # noqa: E402
 
 
 def perplexity(model, tokenizer, examples, max_length: int) -> float:
@@ -88,7 +89,7 @@ def main() -> int:
             start = time.perf_counter()
             train(config, run_dir)
             seconds = time.perf_counter() - start
-            model, tokenizer = load_trained(run_dir)
+            model, tokenizer = load_run(run_dir)
             val_ppl = perplexity(model, tokenizer, val, args.max_length)
             print(f"{label} lr={lr}: validation perplexity {val_ppl:.1f}", file=sys.stderr)
             if best is None or val_ppl < best["val_ppl"]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from icft.bundled import DATA_DIR, SPLITS, bundled_path, load_bundled
+from icft.bundled import ALIASES, DATA_DIR, SPLITS, bundled_path, load_bundled
 from icft.bundled.generate import LIST_FIELDS, STAGES, generate, load_general, load_knowledge, main
 from icft.data.schema import YES_NO_MAYBE
 
@@ -48,21 +48,46 @@ def test_every_record_validates(committed, fresh):
     assert len(ids) == len(set(ids))
     for split, examples in committed.items():
         for ex in examples:
-            assert ex.meta["split"] == split
+            assert ex.meta["split"] == split and ex.stage
             assert ex.meta["tier"] in STAGES and ex.stage == STAGES[ex.meta["tier"]]
             assert ex.meta["condition"] and ex.meta["specialty"]
             assert ex.source in ("icft-medical", "icft-general")
             assert ex.difficulty is None  # the trainer's scorers set it
 
 
-def test_splits_are_by_condition(committed):
+def test_unseen_splits_are_by_condition(committed):
     about = {split: {ex.meta["condition"] for ex in examples} for split, examples in committed.items()}
-    assert not about["train"] & about["validation"]
-    assert not about["train"] & about["test"]
-    assert not about["validation"] & about["test"]
+    assert not about["train"] & about["validation-unseen"]
+    assert not about["train"] & about["test-unseen"]
+    assert not about["validation-unseen"] & about["test-unseen"]
+    # retention probes are about training conditions and facts only
+    assert about["validation-retention"] <= about["train"] and about["test-retention"] <= about["train"]
     medical = {c["name"] for c in load_knowledge()}
     train_share = len(about["train"] & medical) / len(medical)
     assert 0.6 <= train_share <= 0.8
+
+
+def test_retention_probes_are_held_out_but_taught(committed):
+    train_questions = {ex.question or ex.prompt for ex in committed["train"]}
+    train_text = " ".join(ex.text for ex in committed["train"] if ex.kind == "text")
+    for split in ("validation-retention", "test-retention"):
+        probes = committed[split]
+        assert all(ex.kind in ("qa", "preference") and (ex.options or ex.kind == "preference") for ex in probes)
+        # a medical probe is never a training question word for word (a general fact's multiple-choice
+        # question and answer pair ask the question that train asks open-ended, with options)
+        medical = {ex.question or ex.prompt for ex in probes if ex.source == "icft-medical"}
+        assert medical and not medical & train_questions
+        for stage in ("general", "knowledge", "clinical"):
+            assert sum(ex.stage == stage for ex in probes) >= 150, (split, stage)
+        # the right answer of every multiple-choice probe is written in a training text
+        for ex in probes:
+            if ex.kind == "qa" and ex.options != YES_NO_MAYBE and ex.source == "icft-medical":
+                assert ex.options[ex.answer] in train_text or ex.meta["template"].endswith("term"), ex.id
+
+
+def test_aliases_concatenate_retention_and_unseen(committed):
+    for alias, parts in ALIASES.items():
+        assert [ex.id for ex in load_bundled(alias)] == [ex.id for part in parts for ex in committed[part]]
 
 
 def test_train_covers_all_kinds_tiers_and_stages(committed):
@@ -105,7 +130,7 @@ def test_multiple_choice_options(committed):
 def test_preference_pairs_differ(committed):
     pairs = [ex for examples in committed.values() for ex in examples if ex.kind == "preference"]
     assert pairs and all(ex.chosen != ex.rejected for ex in pairs)
-    assert {ex.meta["tier"] for ex in pairs} == {2, 3}
+    assert {ex.meta["tier"] for ex in pairs} == {1, 2, 3}  # tier 1: general facts, right versus wrong answer
 
 
 def test_dialogues_end_with_the_doctor(committed):
@@ -139,6 +164,8 @@ def test_general_table():
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="unknown split"):
         bundled_path("dev")
+    with pytest.raises(ValueError, match="unknown split"):
+        load_bundled("dev")
 
 
 def test_load_bundled_names_the_bad_line(tmp_path, monkeypatch):

@@ -297,7 +297,8 @@ def test_medqa_jsonl(tmp_path):
     result = load_examples(path, strict=False)
     (ex,) = result.examples
     assert result.format == "medqa"
-    assert (ex.id, ex.source, ex.options, ex.answer) == ("medqa/1", "medqa", ["a", "b", "c", "d"], 2)
+    # No id in the source: the file and line, which no other file shares.
+    assert (ex.id, ex.source, ex.options, ex.answer) == (f"{path}:1", "medqa", ["a", "b", "c", "d"], 2)
     assert ex.meta == {"meta_info": "step1"}
 
 
@@ -353,7 +354,7 @@ def test_alpaca_json(tmp_path):
     result = load_examples(write_json(tmp_path / "chatdoctor5k.json", data))
     first, second = result.examples
     assert result.format == "alpaca"
-    assert (first.kind, first.source, first.id) == ("qa", "chatdoctor5k", "chatdoctor5k/0")
+    assert (first.kind, first.source, first.id) == ("qa", "chatdoctor5k", f"{tmp_path / 'chatdoctor5k.json'}[0]")
     assert first.question == "If you are a doctor, answer.\nI have a rash." and first.answer == "Use cream."
     assert second.question == "Define anemia."
 
@@ -417,7 +418,7 @@ def test_saved_dataset_folder(tmp_path):
     result = load_examples(tmp_path / "mmlu")
     (ex,) = result.examples
     assert result.format == "datasets/mmlu"
-    assert (ex.source, ex.answer, ex.id) == ("mmlu/anatomy", 2, "mmlu/anatomy/0")
+    assert (ex.source, ex.answer) == ("mmlu/anatomy", 2) and ex.id.startswith(str(tmp_path / "mmlu"))
 
 
 def test_hf_spec_on_a_local_folder(tmp_path):

@@ -74,13 +74,11 @@ def test_weighted_total_leaves_out_switched_off_terms():
 def test_gradients_reach_only_trainable_parameters(tiny_llama_dir):
     from icft.data.formatting import prompt_and_target
     from icft.memory import MemoryItem
-    from icft.models import load_model
-    from icft.recipes.train import Batcher, apply_peft, compute_losses
+    from icft.recipes.train import TokenCache, compute_losses, load_adapted_model
 
-    config = load_config(None, ["peft.r=4"])
-    model, tokenizer = load_model(str(tiny_llama_dir))
-    model = apply_peft(model, config)
-    batcher = Batcher(tokenizer, 48)
+    config = load_config(None, ["peft.r=4", f"model.name={tiny_llama_dir}"])
+    model, tokenizer = load_adapted_model(config)
+    batcher = TokenCache(tokenizer, 48, "plain")
     new = [Example("a", "qa", "s", question="Q?", options=["x", "y"], answer=1),
            Example("b", "preference", "s", prompt="P?", chosen="good", rejected="bad")]
     replay = [Example("c", "text", "s", text="Some replayed text here.")]
@@ -89,8 +87,11 @@ def test_gradients_reach_only_trainable_parameters(tiny_llama_dir):
     k = 4
     item = MemoryItem(ltm_ex, teacher_ids=torch.zeros(seq.n_target, k, dtype=torch.long),
                       teacher_logprobs=torch.full((seq.n_target, k), -math.log(k)))  # fmt: skip
-    parts, task_losses, _ = compute_losses(model, batcher, new, replay, [item], config, "cpu")
-    assert all(v.item() > 0 for v in parts.values()) and task_losses.shape == (2,)
+    out = compute_losses(model, batcher, new, replay, [item], config, "cpu")
+    parts = out.parts
+    assert all(v.item() > 0 for v in parts.values()) and len(out.new_hardness) == 2
+    # A preference pair's hardness is its chosen answer's per-token NLL, on the scale of the other kinds.
+    assert out.new_hardness[1] > 3 and len(out.replay_hardness) == 1
     assert prompt_and_target(ltm_ex)[1] == " yes it is"
     sum(parts.values()).backward()
     for name, p in model.named_parameters():

@@ -55,3 +55,79 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
         load_model("some-org/some-model-that-is-not-here")
+
+
+# ------------------------------------------------------------------------------- LoRA targets, checkpointing
+
+
+def test_resolve_target_modules(tiny_llama_dir):
+    from icft.models import resolve_target_modules
+
+    model, _ = load_model(str(tiny_llama_dir))
+    assert resolve_target_modules(model, "attention") == resolve_target_modules(model, None) == ["q_proj", "v_proj"]
+    assert resolve_target_modules(model, "all-linear") == [
+        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]  # fmt: skip
+    assert resolve_target_modules(model, ["q_proj", "o_proj"]) == ["q_proj", "o_proj"]
+    with pytest.raises(ValueError, match=r"peft.target_modules: no module named qproj .*linear layers: .*q_proj"):
+        resolve_target_modules(model, ["qproj"])
+    with pytest.raises(ValueError, match="peft.target_modules"):
+        resolve_target_modules(model, "everything")
+
+
+def test_all_linear_on_the_embedded_default_spares_the_trained_head():
+    # BERT's "dense" names both MLP layers and the LM head's transform, which is trained in full instead.
+    from peft import LoraConfig, get_peft_model
+
+    from icft.models import resolve_target_modules
+
+    model, _ = load_model(EMBEDDED_DEFAULT)
+    targets = resolve_target_modules(model, "all-linear")
+    assert isinstance(targets, str)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets, modules_to_save=["transform"],
+                                                  task_type="CAUSAL_LM"))  # fmt: skip
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A." in n}
+    assert len(adapted) == 6 * 6  # query, key, value, attention.output.dense, intermediate.dense, output.dense
+    assert not any("transform" in n or "cls." in n for n in adapted)
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_llama_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from icft.models import enable_gradient_checkpointing
+
+    grads = []
+    for checkpointing in (False, True):
+        model, _ = load_model(str(tiny_llama_dir))
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                                                 task_type="CAUSAL_LM"))  # fmt: skip
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+            base = model.get_base_model()
+            assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
+        model.train()
+        ids = torch.arange(1000, 1016).unsqueeze(0)
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and all(grads[1][n].abs().sum() > 0 for n in grads[1])
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_qlora_without_bitsandbytes_or_gpu_names_the_key(monkeypatch):
+    import importlib.util
+
+    from icft.models import quantization_config
+
+    assert quantization_config(None) is None and quantization_config("none") is None
+    with pytest.raises(ValueError, match="peft.quantization must be one of none, 4bit"):
+        quantization_config("8bit")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name))
+    with pytest.raises(ValueError, match="peft.quantization=4bit needs the bitsandbytes package"):
+        quantization_config("4bit")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="peft.quantization=4bit needs a CUDA GPU"):
+        quantization_config("4bit")
+    with pytest.raises(ValueError, match="peft.quantization"):
+        load_model(EMBEDDED_DEFAULT, quantization="4bit")

@@ -112,19 +112,27 @@ def test_kill_and_resume_ends_with_the_same_adapter(tiny_llama_dir, staged_data,
     assert steps == list(range(1, 61))
 
 
-def test_accelerate_launch_two_processes(tiny_llama_dir, staged_data, tmp_path):
+def test_two_processes_data_parallel(tiny_llama_dir, staged_data, tmp_path):
+    """Two CPU processes over gloo (DDP). `accelerate launch --cpu --num_processes 2` would start ONE process
+    (accelerate 1.x uses its simple launcher with --cpu), so we start two with torchrun and let accelerate
+    pick the distributed set-up up from the environment, as it does under `accelerate launch` on GPUs."""
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "icft", "train", *overrides(tiny_llama_dir, staged_data, steps=6),
            "--output-dir", str(run)]  # fmt: skip
-    env = {**os.environ, "ICFT_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "ICFT_CACHE": str(tmp_path / "cache"), "ACCELERATE_USE_CPU": "true"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert list((run / "checkpoints" / "step-000006").glob("rank*.pt")) != []
+    assert (run / "checkpoints" / "step-000006" / "rank1.pt").exists(), "only one process ran"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 6
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
     assert (run / "adapter" / "adapter_model.safetensors").exists()
+    # Both processes end with the same adapter: gradients were averaged, the replicas did not drift apart.
+    final = run / "checkpoints" / "step-000006"
+    ranks = [torch.load(final / f"rank{i}.pt", weights_only=False)["fingerprint"] for i in (0, 1)]
+    assert len(ranks[0]) > 0 and ranks[0] == pytest.approx(ranks[1], rel=1e-6, abs=1e-7)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_llama_dir, staged_data, tmp_path, monkeypatch, capsys):
@@ -146,27 +154,6 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_llama_dir, staged_
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000003"]
     assert torch.load(run / "checkpoints" / "step-000003" / "trainable.pt")
     assert not (run / "adapter").exists()
-
-
-@pytest.mark.parametrize(("setting", "named"), [
-    ("train.max_stepz=3", "train.max_stepz"),
-    ("train.max_steps=many", "train.max_steps"),
-    ("memory.selection=random", "memory.selection"),
-    ("curriculum.pacing=fast", "curriculum.pacing"),
-    ("memory.ltm_replay=1.5", "memory.ltm_replay"),
-])  # fmt: skip
-def test_bad_config_names_the_key(setting, named, capsys, tmp_path):
-    assert main(["train", "--set", setting, "--output-dir", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err
-    assert named in err and "Traceback" not in err
-    assert not (tmp_path / "r").exists()
-
-
-def test_bad_config_file(tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  max_steps: [1, 2\n")
-    assert main(["train", "--config", str(bad)]) == 2
-    assert str(bad) in capsys.readouterr().err
 
 
 def test_plateau_ends_a_stage_early_and_gives_its_steps_to_the_next(tiny_llama_dir, staged_data, tmp_path):

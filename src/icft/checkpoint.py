@@ -24,6 +24,13 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def fingerprint(model: torch.nn.Module) -> list[float]:
+    """Sum and sum of squares of each trainable tensor: every process stores its own, so a test can check
+    that data-parallel processes really hold the same adapter (gradients were averaged, not diverged)."""
+    return [float(x) for p in model.parameters() if p.requires_grad
+            for x in (p.detach().double().sum(), p.detach().double().pow(2).sum())]  # fmt: skip
+
+
 def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, optimizer, scheduler,
                     rank_state: dict) -> None:  # fmt: skip
     root = run_dir / "checkpoints"
@@ -32,6 +39,7 @@ def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, o
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    rank_state = {**rank_state, "fingerprint": fingerprint(accelerator.unwrap_model(model))}
     torch.save(rank_state, tmp / f"rank{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         torch.save(trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.pt")

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--retrieve", type=int, default=0, metavar="K", help="put the K nearest memory facts in prompts")
     ev.add_argument("--knowledge", action="append", metavar="PATH", help="extra text/qa records to retrieve from")
 
+    init = sub.add_parser("init", help="inspect data files and write a config for them")
+    init.add_argument("--data", nargs="+", required=True, help="training data files")
+    init.add_argument("--model", default="minilm-decoder", help="hub id, local folder or minilm-decoder")
+    init.add_argument("--output", default="icft.yaml", help="config file to write (default icft.yaml)")
+
     compare = sub.add_parser("compare", help="ICFT against baselines, same budget, several seeds")
     compare.add_argument("--config", required=True)
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -81,6 +86,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.stats(args.paths, score=args.score)
     if args.command == "train":
         return _train(args)
+    if args.command == "init":
+        from .init_config import init_command
+
+        return init_command(args.data, args.model, args.output)
     if args.command == "eval":
         from .evaluation.commands import eval_command
 

@@ -55,7 +55,8 @@ class PeftConfig:
 @dataclass
 class DataConfig:
     train: list[str] = field(default_factory=lambda: ["bundled:train"])
-    validation: list[str] = field(default_factory=lambda: ["bundled:validation"])
+    # Stage metrics (the accuracy matrix, forgetting) need items about what training taught: retention probes.
+    validation: list[str] = field(default_factory=lambda: ["bundled:validation-retention"])
     # With no validation files, this share of the training data is held out for the stage metrics.
     validation_split: float = between(0.05, 0.0, 0.5)
     max_train_examples: int = at_least(0, 0)  # 0: all
@@ -122,7 +123,7 @@ class CompareConfig:
                                  "lora-memory", "icft"]  # fmt: skip
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    test: list[str] = field(default_factory=lambda: ["bundled:test"])
+    test: list[str] = field(default_factory=lambda: ["bundled:test-retention", "bundled:test-unseen"])
     max_test_examples: int = at_least(0, 0)  # per kind (0: all)
     full_ft_lr: float = at_least(1e-4, 0.0)  # full fine-tuning needs a smaller step than LoRA
     jobs: int = at_least(1, 1)  # runs side by side, one CPU thread each (CPU machines); 1 = one after another

@@ -11,7 +11,9 @@ adapter (see ``extra_trainable_modules``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -36,13 +38,20 @@ def embedded_model_path() -> Path:
 
 
 def load_model(
-    name_or_path: str = EMBEDDED_DEFAULT, dtype: torch.dtype | str | None = None
+    name_or_path: str = EMBEDDED_DEFAULT, dtype: torch.dtype | str | None = None, quantization: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer for a hub id, a local folder, or the embedded default."""
+    """Model and tokenizer for a hub id, a local folder, or the embedded default.
+
+    ``quantization="4bit"`` loads the base weights in NF4 for QLoRA (see `quantization_config`); follow it
+    with `prepare_for_kbit_training` before adding the adapter.
+    """
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # a bar per weight file says nothing here and clutters run logs
+    bnb = quantization_config(quantization)
     if name_or_path == EMBEDDED_DEFAULT:
+        if bnb is not None:
+            raise ValueError(f"peft.quantization={quantization} is for large models, not '{EMBEDDED_DEFAULT}'")
         model, tokenizer = _load_minilm_decoder()
     else:
         if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(name_or_path).exists():
@@ -51,7 +60,8 @@ def load_model(
                 f"pass a local path or '{EMBEDDED_DEFAULT}'"
             )
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto")
+        extra = {} if bnb is None else {"quantization_config": bnb, "device_map": {"": _local_device()}}
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto", **extra)
     _prepare_tokenizer(tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -106,8 +116,132 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
 
 
 def lora_target_modules(model: PreTrainedModel) -> list[str]:
-    """LoRA target module names for this architecture (override with `lora.target_modules`)."""
+    """The attention projections LoRA adapts by default for this architecture."""
     return LORA_TARGETS.get(model.config.model_type, DEFAULT_LORA_TARGETS)
+
+
+def resolve_target_modules(model: torch.nn.Module, setting: str | list[str] | None = "attention") -> list[str] | str:
+    """`peft.target_modules` as peft's `LoraConfig(target_modules=...)` takes it.
+
+    - ``attention`` (or None): the architecture's attention projections (`lora_target_modules`).
+    - ``all-linear``: every linear layer inside the repeated transformer blocks, attention and MLP (QLoRA,
+      Dettmers et al. 2023, found adapting all of them matters more than the rank). Given as module-name
+      suffixes where those name no layer outside the blocks (Llama: q/k/v/o/gate/up/down_proj; GPT-2:
+      c_attn, c_proj, c_fc), else as a regex over full names: BERT's ``dense`` also names the LM head's
+      transform, which is trained in full (`extra_trainable_modules`) and must not get an adapter too.
+    - a list of names: checked to exist, so a typo fails here rather than in peft with no names listed.
+    """
+    base = _base_model(model)
+    if setting is None or setting == "attention":
+        targets = lora_target_modules(base)
+    elif setting == "all-linear":
+        return _block_linear_targets(base)
+    elif isinstance(setting, (list, tuple)):
+        targets = list(setting)
+    else:
+        raise ValueError(f"peft.target_modules must be attention, all-linear or a list of names, got {setting!r}")
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
+    missing = [t for t in targets if t not in leaves]
+    if missing:
+        found = ", ".join(sorted(_linear_leaves(base)))
+        raise ValueError(f"peft.target_modules: no module named {', '.join(missing)} in this "
+                         f"{base.config.model_type} model (linear layers: {found})")  # fmt: skip
+    return targets
+
+
+_IN_BLOCK = re.compile(r"\.\d+\.")  # a module inside a repeated block: "model.layers.3.self_attn.q_proj"
+
+
+def _linear_leaves(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Last name component -> full names, of every linear (or GPT-2 Conv1D) layer."""
+    from transformers.pytorch_utils import Conv1D
+
+    out: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            out.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+    return out
+
+
+def _block_linear_targets(model: torch.nn.Module) -> list[str] | str:
+    inside, outside = set(), set()
+    for leaf, names in _linear_leaves(model).items():
+        for name in names:
+            (inside if _IN_BLOCK.search(name) else outside).add(leaf)
+    if not inside:
+        raise ValueError(f"peft.target_modules=all-linear: no linear layer in blocks of {type(model).__name__}")
+    if inside & outside:
+        # peft full-matches a string target against each module's full name
+        return r".*\.\d+\.(.*\.)?(" + "|".join(sorted(inside)) + ")"
+    return sorted(inside)
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper, or the model itself."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them.
+
+    Non-reentrant checkpointing (PyTorch's recommended mode) works with frozen inputs; with LoRA the
+    embeddings are frozen, so `enable_input_require_grads` also makes their output require grad, which
+    the checkpointed blocks need to pass gradients back to the adapters inside them.
+    """
+    base = _base_model(model)
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    base.config.use_cache = False  # a KV cache is useless in training and is dropped by checkpointing anyway
+    if any(not p.requires_grad for p in base.get_input_embeddings().parameters()):
+        base.enable_input_require_grads()
+
+
+QUANTIZATIONS = ("none", "4bit")
+
+
+def quantization_config(setting: str | None):
+    """`BitsAndBytesConfig` for ``peft.quantization: 4bit`` (QLoRA), None for none; a clear error otherwise.
+
+    NF4 weights with double quantization and bf16 compute are the QLoRA paper's settings. bitsandbytes'
+    4-bit kernels need CUDA, so a missing package or GPU is an error naming the key, not a crash deep in
+    `from_pretrained`.
+    """
+    if setting in (None, "none"):
+        return None
+    if setting not in QUANTIZATIONS:
+        raise ValueError(f"peft.quantization must be one of {', '.join(QUANTIZATIONS)}, got {setting!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("peft.quantization=4bit needs the bitsandbytes package (pip install bitsandbytes)")
+    if not torch.cuda.is_available():
+        raise ValueError("peft.quantization=4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); none is visible")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def prepare_for_kbit_training(model: PreTrainedModel, gradient_checkpointing: bool = True) -> PreTrainedModel:
+    """peft's preparation of a 4-bit model for LoRA: norms and head in fp32, input grads, checkpointing."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
+def _local_device() -> int:
+    """This process's GPU: a quantized model is placed whole on it (device_map), one copy per DDP rank."""
+    return int(os.environ.get("LOCAL_RANK", 0))
 
 
 def extra_trainable_modules(model: PreTrainedModel) -> list[str]:

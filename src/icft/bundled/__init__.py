@@ -3,6 +3,10 @@
 The JSONL files under ``data/`` are generated from ``knowledge.json`` and ``general.json`` by
 ``python -m icft.bundled.generate`` and committed, so loading them needs nothing but this package.
 It is synthetic educational data, not medical advice (see README.md next to this file).
+
+Evaluation comes in two files per split: ``*-unseen`` (conditions never trained on: transfer) and
+``*-retention`` (held-out questions about trained conditions: retention and forgetting). ``validation`` and
+``test`` name both together, retention first.
 """
 
 from __future__ import annotations
@@ -14,18 +18,29 @@ from ..data.schema import DataError, Example
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DATA_DIR = PACKAGE_DIR / "data"
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation-retention", "validation-unseen", "test-retention", "test-unseen")
+ALIASES = {
+    "validation": ("validation-retention", "validation-unseen"),
+    "test": ("test-retention", "test-unseen"),
+}
 
 
 def bundled_path(split: str) -> Path:
-    """Path of the packaged JSONL file for one split ("train", "validation" or "test")."""
+    """Path of the packaged JSONL file for one split (one of SPLITS; an alias has two files)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} (expected one of: {', '.join(SPLITS)})")
+        hint = f"; '{split}' is {' + '.join(ALIASES[split])}" if split in ALIASES else ""
+        raise ValueError(f"unknown split {split!r} (expected one of: {', '.join(SPLITS)}){hint}")
     return DATA_DIR / f"{split}.jsonl"
 
 
 def load_bundled(split: str) -> list[Example]:
-    """Read and validate one packaged split."""
+    """Read and validate one packaged split, or both files of an alias ("validation", "test")."""
+    if split in ALIASES:
+        return [ex for part in ALIASES[split] for ex in load_bundled(part)]
+    if split not in SPLITS:
+        raise ValueError(
+            f"unknown split {split!r} (expected one of: {', '.join((*SPLITS, *ALIASES))})"
+        )
     path = bundled_path(split)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; rebuild it with: python -m icft.bundled.generate")

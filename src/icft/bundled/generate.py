@@ -7,9 +7,18 @@ all four kinds at three tiers of difficulty:
 - tier 2, stage "knowledge": single-fact questions (multiple choice, yes/no/maybe, open), fact texts and
   preference pairs (right versus a neighbouring condition's answer);
 - tier 3, stage "clinical": vignettes with several facts, patient-doctor dialogues and safety preference
-  pairs (urgent care versus advice that ignores a red flag).
+  pairs (urgent care versus waiting for a routine appointment).
 
-Splits are by condition (and by general fact), so nothing a held-out example is about appears in train.
+Five files measure two different things:
+
+- ``train``: the training conditions (about 70%) and general facts;
+- ``validation-unseen`` / ``test-unseen``: conditions and facts never seen in training (about 15% each), for
+  transfer. No training example names them or quotes their facts: training wrong options come only from
+  training conditions;
+- ``validation-retention`` / ``test-retention``: question instances about training conditions and facts that
+  are held out of training while the facts they ask about are taught there (fact texts, other question
+  forms), for retention and forgetting.
+
 Every random choice comes from a ``random.Random`` seeded by (seed, condition), so one seed always gives
 byte-identical files, and editing one condition does not reshuffle the others.
 
@@ -39,6 +48,8 @@ GENERAL_FILE = PACKAGE_DIR / "general.json"
 LIST_FIELDS = ("symptoms", "causes", "tests", "treatments", "red_flags")
 GENERAL_SOURCE = "icft-general"
 HELD_OUT_FRACTION = 0.15  # of each specialty (or general domain), once for validation and once for test
+UNSEEN = {"validation": "validation-unseen", "test": "test-unseen"}
+RETENTION = {"validation": "validation-retention", "test": "test-retention"}
 
 
 def _stable_hash(text: str) -> str:
@@ -71,8 +82,8 @@ def load_general(path: str | Path = GENERAL_FILE) -> list[dict]:
 
 
 def assign_splits(keys_by_group: dict[str, list[str]]) -> dict[str, str]:
-    """Per group, order the keys by hash: the first ~15% go to test, the next ~15% to validation, the rest
-    to train. Stratifying by group keeps every specialty in every split."""
+    """Per group, order the keys by hash: the first ~15% go to "test", the next ~15% to "validation", the
+    rest to "train". Stratifying by group keeps every specialty in every split."""
     split_of = {}
     for group in sorted(keys_by_group):
         keys = sorted(keys_by_group[group], key=_stable_hash)
@@ -82,31 +93,49 @@ def assign_splits(keys_by_group: dict[str, list[str]]) -> dict[str, str]:
     return split_of
 
 
-def general_examples(fact: dict, split: str, seed: int) -> list[Example]:
+def general_examples(fact: dict, split: str, seed: int, index: int = 0) -> dict[str, list[Example]]:
+    """A general fact's examples by file. An unseen fact gives all of them to its file; a training fact keeps
+    its text and open question in train and gives its multiple-choice question to one retention file and a
+    preference pair (right answer versus a wrong one) to the other, alternating across facts."""
     rng = random.Random(f"icft-bundled:{seed}:general:{fact['subject']}")
     slug = slugify(fact["subject"])
-    meta = {
-        "condition": fact["subject"], "subject": fact["subject"], "domain": fact["domain"],
-        "specialty": "general", "tier": 1, "split": split,
-    }  # fmt: skip
     options = [fact["answer"], *fact["distractors"]]
     rng.shuffle(options)
+    wrong = rng.choice(fact["distractors"])
 
-    def example(template: str, kind: str, **fields) -> Example:
+    def example(template: str, kind: str, file: str, **fields) -> Example:
+        meta = {
+            "condition": fact["subject"], "subject": fact["subject"], "domain": fact["domain"],
+            "specialty": "general", "tier": 1, "split": file, "template": template,
+        }  # fmt: skip
         return Example(
             id=f"icft-gen/{slug}/t1/{template}/0", kind=kind, source=GENERAL_SOURCE, stage=STAGES[1],
-            meta={**meta, "template": template}, **fields,
+            meta=meta, **fields,
         )  # fmt: skip
 
-    return [
-        example("text-fact", "text", text=fact["fact"]),
-        example("mc-fact", "qa", question=fact["question"], options=options, answer=options.index(fact["answer"])),
-        example("open-fact", "qa", question=fact["question"], answer=capitalize(fact["answer"]) + "."),
-    ]
+    if split == "train":
+        mc_file, pair_file = RETENTION["validation"], RETENTION["test"]
+        if index % 2:
+            mc_file, pair_file = pair_file, mc_file
+        text_file = open_file = "train"
+    else:
+        mc_file = pair_file = text_file = open_file = UNSEEN[split]
+    made = [
+        example("text-fact", "text", text_file, text=fact["fact"]),
+        example("mc-fact", "qa", mc_file, question=fact["question"], options=options,
+                answer=options.index(fact["answer"])),
+        example("open-fact", "qa", open_file, question=fact["question"], answer=capitalize(fact["answer"]) + "."),
+        example("pref-fact", "preference", pair_file, prompt=fact["question"],
+                chosen=f"The answer is {fact['answer']}.", rejected=f"The answer is {wrong}."),
+    ]  # fmt: skip
+    by_file: dict[str, list[Example]] = {}
+    for ex in made:
+        by_file.setdefault(ex.meta["split"], []).append(ex)
+    return by_file
 
 
 def generate(seed: int = 0) -> dict[str, list[Example]]:
-    """The whole curriculum, as {"train": [...], "validation": [...], "test": [...]}."""
+    """The whole curriculum, as {"train": [...], "validation-retention": [...], ...} (see SPLITS)."""
     conditions = load_knowledge()
     facts = load_general()
     by_specialty: dict[str, list[str]] = {}
@@ -117,20 +146,40 @@ def generate(seed: int = 0) -> dict[str, list[Example]]:
         by_domain.setdefault(f["domain"], []).append(f["subject"])
     condition_split = assign_splits(by_specialty)
     fact_split = assign_splits(by_domain)
+    # A condition's place among its split's conditions (in hash order) drives the label alternation.
+    index: dict[str, int] = {}
+    for keys, split_of in ((by_specialty, condition_split), (by_domain, fact_split)):
+        counters: Counter = Counter()
+        for key in sorted((k for group in keys.values() for k in group), key=_stable_hash):
+            index[key] = counters[split_of[key]]
+            counters[split_of[key]] += 1
 
-    splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    files: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for f in facts:
-        split = fact_split[f["subject"]]
-        splits[split].extend(general_examples(f, split, seed))
-    table = Table(conditions)
+        for file, examples in general_examples(f, fact_split[f["subject"]], seed, index[f["subject"]]).items():
+            files[file].extend(examples)
+    # Training examples draw wrong options and wrong diagnoses from training conditions only.
+    train_table = Table([c for c in conditions if condition_split[c["name"]] == "train"])
+    # Held-out examples draw them from their own split's conditions, so that a wrong option is no likelier
+    # than the right one to be something training taught.
+    held_out = {
+        split: Table([c for c in conditions if condition_split[c["name"]] == split]) for split in UNSEEN
+    }
     for c in conditions:
         split = condition_split[c["name"]]
-        splits[split].extend(ConditionWriter(c, table, split, seed).write_all())
-    return splits
+        if split == "train":
+            writer = ConditionWriter(c, train_table, "train", seed, index[c["name"]])
+            files["train"].extend(writer.write_all())
+            for file, probes in writer.probes().items():
+                files[file].extend(probes)
+        else:
+            writer = ConditionWriter(c, held_out[split], UNSEEN[split], seed, index[c["name"]])
+            files[UNSEEN[split]].extend(writer.write_all())
+    return files
 
 
 def write(out_dir: str | Path = DATA_DIR, seed: int = 0) -> dict[str, list[Example]]:
-    """Generate and write train.jsonl, validation.jsonl and test.jsonl (each atomically) under out_dir."""
+    """Generate and write one JSONL file per split (see SPLITS), each atomically, under out_dir."""
     splits = generate(seed)
     for name, examples in splits.items():
         write_jsonl(Path(out_dir) / f"{name}.jsonl", (ex.to_dict() for ex in examples))

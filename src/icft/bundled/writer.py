@@ -8,7 +8,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..data.schema import Example
+from ..data.schema import YES_NO_MAYBE, Example
+from ..evaluation.baselines import shared_words
 from .text import (
     capitalize,
     is_generic,
@@ -163,13 +164,21 @@ class Table:
 
 
 class ConditionWriter:
-    """All examples about one condition; every random choice comes from its own seeded RNG."""
+    """All examples about one condition; every random choice comes from its own seeded RNG.
 
-    def __init__(self, condition: dict, table: Table, split: str, seed: int):
+    `table` is what wrong options are drawn from: for a training condition only the training conditions, so
+    that no training example quotes a held-out condition. `index` (the condition's place in its split) makes
+    labels alternate across conditions (yes/no, which answer opens with "Yes."), so that every file is
+    balanced by construction rather than by luck. `probes()` gives a training condition's retention probes:
+    question instances held out of training about facts that training teaches in other words.
+    """
+
+    def __init__(self, condition: dict, table: Table, split: str, seed: int, index: int = 0):
         self.c = condition
         self.table = table
         self.all = table.conditions
         self.split = split
+        self.index = index
         self.rng = random.Random(f"icft-bundled:{seed}:{condition['name']}")
         self.name = mid_sentence(condition["name"])
         self.slug = slugify(condition["name"])
@@ -178,8 +187,9 @@ class ConditionWriter:
         self.examples: list[Example] = []
         self._counts: Counter = Counter()
         self._candidates: dict = {}
+        self.asked: dict[str, set[str]] = {}  # field -> values that training questions have as the answer
 
-    def add(self, tier: int, template: str, kind: str, **fields) -> None:
+    def add(self, tier: int, template: str, kind: str, **fields) -> Example:
         n = self._counts[(tier, template)]
         self._counts[(tier, template)] += 1
         meta = {
@@ -189,17 +199,30 @@ class ConditionWriter:
         example_id = f"icft-med/{self.slug}/t{tier}/{template}/{n}"
         example = Example(id=example_id, kind=kind, source=MEDICAL_SOURCE, stage=STAGES[tier], meta=meta, **fields)
         self.examples.append(example)
+        return example
 
     # --- choosing values
 
     def pick(self, field: str, k: int = 1) -> list[str]:
-        """k of this condition's own values, specific ones first (see GENERIC)."""
+        """k of this condition's own values: specific ones first (see GENERIC), and among those the ones that
+        do not repeat a word of the condition's name (a right option that echoes the question is a giveaway:
+        wrong options never share a word with the name)."""
         values = self.c[field]
-        specific = [v for v in values if not is_generic(field, v)]
+        plain = [v for v in values if not is_generic(field, v) and not tokens(v) & self.name_tokens]
+        echo = [v for v in values if not is_generic(field, v) and tokens(v) & self.name_tokens]
         rest = [v for v in values if is_generic(field, v)]
         k = min(k, len(values))
-        chosen = self.rng.sample(specific, min(k, len(specific)))
-        return chosen + self.rng.sample(rest, k - len(chosen))
+        chosen: list[str] = []
+        for group in (plain, echo, rest):
+            chosen += self.rng.sample(group, min(k - len(chosen), len(group)))
+        return chosen
+
+    def specific(self, field: str) -> list[str]:
+        """The values a multiple-choice question may have as its answer: not generic, since a generic value
+        is never a wrong option and would stand out as the right one; generic ones only where there is no
+        other (in the pick order)."""
+        values = self.pick(field, len(self.c[field]))
+        return [v for v in values if not is_generic(field, v)] or values
 
     def wrong_values(self, field: str, k: int, same_specialty: bool = False) -> list[str]:
         """k values of `field` from other conditions that cannot also be right for this one: not generic and
@@ -234,10 +257,9 @@ class ConditionWriter:
         symptoms and treatments are often right here too, and it would be a fair diagnosis as well."""
         return bool(tokens(other["name"]) & self.cause_tokens)
 
-    def other_conditions(self, k: int, shown_symptoms: Iterable[str] = ()) -> list[dict]:
-        """k other conditions for wrong diagnoses: neighbours from the same specialty first, never one whose
-        name overlaps this one's, that causes or is caused by this one, or whose symptoms also cover every
-        symptom shown."""
+    def allowed_others(self, shown_symptoms: Iterable[str] = ()) -> list[dict]:
+        """Other conditions that are fair wrong diagnoses: never one whose name overlaps this one's, that causes
+        or is caused by this one, or whose symptoms also cover every symptom shown."""
         shown = [tokens(s) for s in shown_symptoms]
 
         def allowed(other: dict) -> bool:
@@ -248,11 +270,31 @@ class ConditionWriter:
             other_tokens = symptom_tokens(tuple(other["symptoms"]))
             return not (shown and all(t & other_tokens for t in shown))
 
-        candidates = [o for o in self.all if allowed(o)]
+        return [o for o in self.all if allowed(o)]
+
+    def other_conditions(self, k: int, shown_symptoms: Iterable[str] = ()) -> list[dict]:
+        """k fair wrong diagnoses (see allowed_others), neighbours from the same specialty first."""
+        candidates = self.allowed_others(shown_symptoms)
         same = [o for o in candidates if o["specialty"] == self.c["specialty"]]
         picks = self.rng.sample(same, min(k, len(same)))
         others = [o for o in candidates if o["specialty"] != self.c["specialty"]]
         return picks + self.rng.sample(others, k - len(picks))
+
+    def close_others(
+        self, k: int, question: str, right: str, text_of, shown_symptoms: Iterable[str] = ()
+    ) -> list[dict]:
+        """k fair wrong conditions (see allowed_others) whose option text (`text_of(condition)`) repeats at
+        least as many of the question's words as the right option does, so that "pick the option that
+        repeats the question" cannot find the answer; same-specialty neighbours first, then the closest."""
+        need = shared_words(question, right)
+        scored = [(shared_words(question, text_of(o)), o) for o in self.allowed_others(shown_symptoms)]
+        close = [o for overlap, o in scored if overlap >= need]
+        same = [o for o in close if o["specialty"] == self.c["specialty"]]
+        picks = self.rng.sample(same, min(k, len(same)))
+        others = [o for o in close if o["specialty"] != self.c["specialty"]]
+        picks += self.rng.sample(others, min(k - len(picks), len(others)))
+        rest = sorted((o for overlap, o in scored if overlap < need), key=lambda o: -shared_words(question, text_of(o)))
+        return picks + rest[: k - len(picks)]
 
     def options(self, right: str, wrong: list[str]) -> tuple[list[str], int]:
         options = [right, *wrong]
@@ -289,6 +331,113 @@ class ConditionWriter:
             text += f" Relevant factor: {factor}."
         return text, symptoms
 
+    @property
+    def safe_first(self) -> bool:
+        """How the training red-flag pair is asked (see urgency_pair). It alternates every four conditions,
+        not every other one, because the probes' rotation by four picks which conditions get a red-flag
+        probe, and a probe is asked the other way round."""
+        return (self.index // 4) % 2 == 0
+
+    # --- question forms shared by the training examples and the retention probes
+
+    def mc_term(self, tier: int, template: str, ask: str) -> Example:
+        """`ask` is a question with {predicate}; the options are condition names."""
+        question = ask.format(predicate=predicate(self.c))
+        others = self.close_others(3, question, self.c["name"], lambda o: o["name"])
+        options, answer = self.options(self.c["name"], [o["name"] for o in others])
+        return self.add(tier, template, "qa", question=question, options=options, answer=answer)
+
+    def mc_meaning(self, tier: int, template: str, ask: str) -> Example:
+        """`ask` is a question with {name}; the options are definitions without their subject."""
+        question = ask.format(name=self.name)
+        others = self.close_others(3, question, predicate(self.c), predicate)
+        options, answer = self.options(predicate(self.c), [predicate(o) for o in others])
+        return self.add(tier, template, "qa", question=question, options=options, answer=answer)
+
+    def mc_field(self, tier: int, template: str, question: str, field: str, right: str | None = None) -> Example:
+        """Right: `right` or the own value that repeats fewest of the question's words; wrong: values that
+        repeat at least as many where there are enough (a vignette's symptoms can echo a right test)."""
+        if right is None:
+            right = min(self.specific(field), key=lambda v: shared_words(question, v))
+        need = shared_words(question, right)
+        self.wrong_values(field, 3)  # works out the candidates once
+        pool = self.wrong_values(field, len(self._candidates[(field, False)]))
+        close = [v for v in pool if shared_words(question, v) >= need]
+        wrong = close[:3] + sorted((v for v in pool if v not in close), key=lambda v: -shared_words(question, v))
+        options, answer = self.options(right, wrong[:3])
+        self.asked.setdefault(field, set()).add(right)
+        return self.add(tier, template, "qa", question=question, options=options, answer=answer)
+
+    def urgency_pair(self, tier: int, template: str, flag: str, safe_first: bool) -> Example:
+        """A red flag: wait, or get urgent help now? The two answers hold exactly the same words (only their
+        order differs) and open with "Yes." or "No." depending on how the question is asked, which alternates,
+        so neither length, vocabulary nor the opening word tells the right one."""
+        urgent = f"In someone with {self.name}, {flag} is a warning sign, not a minor symptom: get urgent help " \
+            "now, not a routine appointment."
+        wait = f"In someone with {self.name}, {flag} is a minor symptom, not a warning sign: get a routine " \
+            "appointment, not urgent help now."
+        prompt = f"Someone with {self.name} has a new sign: {flag}."
+        if safe_first:
+            prompt += " Is it safe to wait a few days and see if it settles?"
+            chosen, rejected = f"No. {urgent}", f"Yes. {wait}"
+        else:
+            prompt += " Do they need urgent medical help now?"
+            chosen, rejected = f"Yes. {urgent}", f"No. {wait}"
+        return self.add(tier, template, "preference", prompt=prompt, chosen=chosen, rejected=rejected)
+
+    def diagnosis_pair(self, tier: int, template: str) -> Example:
+        text, shown = self.vignette()
+        other = self.other_conditions(1, shown)[0]
+        return self.add(
+            tier, template, "preference",
+            prompt=f"{text} What is the likely diagnosis and an appropriate first-line treatment?",
+            chosen=f"The likely diagnosis is {self.name}; a first-line treatment is {self.c['treatments'][0]}.",
+            rejected=f"The likely diagnosis is {mid_sentence(other['name'])}; "
+            f"a first-line treatment is {other['treatments'][0]}.",
+        )  # fmt: skip
+
+    def value_pair(self, tier: int, template: str, field: str, prompt: str, answer: str) -> Example:
+        """`answer` has {value}; right versus a neighbouring condition's value (a plausible mistake)."""
+        right = self.specific(field)[0]
+        wrong = self.wrong_values(field, 1, same_specialty=True)[0]
+        return self.add(
+            tier, template, "preference", prompt=prompt,
+            chosen=answer.format(value=right), rejected=answer.format(value=wrong),
+        )  # fmt: skip
+
+    def diagnosis_yn(self, template: str, label: str, ask: str) -> Example | None:
+        """Does a patient with these (and no other) symptoms have this condition? yes: two of its own symptoms
+        that no other condition has both of; no: one or two symptoms of another condition that share no word
+        with this one's; maybe: one symptom that this condition shares word for word with another one. One
+        question form for all three labels, so the form does not tell the answer. None where impossible."""
+        symptoms = None
+        if label == "yes":
+            own = self.c["symptoms"]
+            pairs = [(a, b) for i, a in enumerate(own) for b in own[i + 1 :]]
+            self.rng.shuffle(pairs)
+            for pair in pairs:
+                shown = [tokens(s) for s in pair]
+                if not any(all(t & symptom_tokens(tuple(o["symptoms"])) for t in shown)
+                           for o in self.all if o is not self.c):  # fmt: skip
+                    symptoms = list(pair)
+                    break
+        elif label == "no":
+            mine = symptom_tokens(tuple(self.c["symptoms"] + self.c["red_flags"]))
+            other = self.other_conditions(1)[0]
+            theirs = [s for s in other["symptoms"] if not tokens(s) & mine and not is_generic("symptoms", s)]
+            if theirs:
+                symptoms = self.rng.sample(theirs, min(len(theirs), self.rng.choice((1, 2))))
+        else:
+            shared = [
+                s for s in self.c["symptoms"]
+                if any(o is not self.c and s.lower() in symptom_set(tuple(o["symptoms"])) for o in self.all)
+            ]  # fmt: skip
+            symptoms = [self.rng.choice(shared)] if shared else None
+        if not symptoms:
+            return None
+        question = ask.format(symptoms=join_list(symptoms), name=self.name)
+        return self.add(2, template, "qa", question=question, options=list(YES_NO_MAYBE), answer=YN[label])
+
     # --- the three tiers
 
     def tier1(self) -> None:
@@ -296,12 +445,8 @@ class ConditionWriter:
         self.add(1, "text-definition", "text", text=c["definition"])
         symptoms = join_list(c["symptoms"])
         self.add(1, "text-symptoms", "text", text=f"Typical symptoms of {name} include {symptoms}.")
-        options, answer = self.options(c["name"], [o["name"] for o in self.other_conditions(3)])
-        question = f"Which term describes {predicate(c)}?"
-        self.add(1, "mc-term", "qa", question=question, options=options, answer=answer)
-        options, answer = self.options(predicate(c), [predicate(o) for o in self.other_conditions(3)])
-        question = f"What does the term '{name}' mean?"
-        self.add(1, "mc-meaning", "qa", question=question, options=options, answer=answer)
+        self.mc_term(1, "mc-term", "Which term describes {predicate}?")
+        self.mc_meaning(1, "mc-meaning", "What does the term '{name}' mean?")
         self.add(1, "open-definition", "qa", question=f"What is {name}?", answer=c["definition"])
 
     def tier2(self) -> None:
@@ -316,19 +461,12 @@ class ConditionWriter:
             text=f"Causes and risk factors for {name} include {join_list(c['causes'])}. "
             f"Warning signs that need urgent care include {join_list(c['red_flags'])}.",
         )  # fmt: skip
-        questions = {
-            "tests": f"Which of these is a first-line test or assessment for {name}?",
-            "treatments": f"Which of these is a first-line treatment for {name}?",
-            "symptoms": f"Which of these is a typical symptom of {name}?",
-            "causes": f"Which of these is a recognised cause or risk factor for {name}?",
-        }
         for field, template, count in (
             ("tests", "mc-test", 2), ("treatments", "mc-treatment", 2),
             ("symptoms", "mc-symptom", 1), ("causes", "mc-cause", 1),
         ):  # fmt: skip
-            for right in self.pick(field, count):
-                options, answer = self.options(right, self.wrong_values(field, 3))
-                self.add(2, template, "qa", question=questions[field], options=options, answer=answer)
+            for right in self.specific(field)[:count]:
+                self.mc_field(2, template, MC_QUESTIONS[field].format(name=name), field, right)
         self.yes_no_maybe()
         self.add(
             2, "open-tests", "qa", question=f"What are the first-line tests for {name}?",
@@ -342,14 +480,11 @@ class ConditionWriter:
             2, "open-red-flags", "qa", question=f"Which warning signs in someone with {name} need urgent care?",
             answer=f"Warning signs that need urgent care include {join_list(c['red_flags'])}.",
         )  # fmt: skip
-        right = self.pick("treatments")[0]
-        wrong = self.wrong_values("treatments", 1, same_specialty=True)[0]
-        self.add(
-            2, "pref-treatment", "preference", prompt=f"What is a first-line treatment for {name}?",
-            chosen=f"A first-line treatment for {name} is {right}.",
-            rejected=f"A first-line treatment for {name} is {wrong}.",
+        self.value_pair(
+            2, "pref-treatment", "treatments", f"What is a first-line treatment for {name}?",
+            f"A first-line treatment for {name} is {{value}}.",
         )  # fmt: skip
-        right = self.pick("tests")[0]
+        right = self.specific("tests")[0]
         wrong = self.wrong_values("tests", 1)[0]
         self.add(
             2, "pref-test", "preference", prompt=f"What is a first-line test or assessment for {name}?",
@@ -358,51 +493,35 @@ class ConditionWriter:
         )  # fmt: skip
 
     def yes_no_maybe(self) -> None:
-        name = self.name
-        asks = {
-            "tests": lambda v: f"Is this a first-line test or assessment for {name}: {v}?",
-            "symptoms": lambda v: f"Is this a typical symptom of {name}: {v}?",
-            "treatments": lambda v: f"Is this a first-line treatment for {name}: {v}?",
-            "red_flags": lambda v: f"In someone with {name}, does this sign need urgent medical care: {v}?",
-        }
-        yn = ["yes", "no", "maybe"]
-        for field in self.rng.sample(list(asks), 2):
-            self.add(2, "yn-yes", "qa", question=asks[field](self.pick(field)[0]), options=yn, answer=0)
-        for field in self.rng.sample(["tests", "symptoms", "treatments"], 2):
+        """One fact check (yes or no, alternating across conditions) and one diagnosis question (the other of
+        yes and no), plus a "maybe" diagnosis question where a symptom is shared: the labels come out about
+        one third each in every file."""
+        name, flip = self.name, self.index % 2 == 1
+        field = self.rng.choice(["tests", "symptoms", "treatments"])
+        if flip:
+            self.add(2, "yn-fact", "qa", question=YN_ASKS[field].format(name=name, value=self.pick(field)[0]),
+                     options=list(YES_NO_MAYBE), answer=YN["yes"])  # fmt: skip
+        else:
             value = self.wrong_values(field, 1)[0]
-            self.add(2, "yn-no", "qa", question=asks[field](value), options=yn, answer=1)
-        # "maybe": a symptom this condition shares word for word with another one cannot settle the diagnosis.
-        shared = [
-            (s, o) for s in self.c["symptoms"] for o in self.all
-            if o is not self.c and s.lower() in symptom_set(tuple(o["symptoms"]))
-        ]  # fmt: skip
-        if shared:
-            symptom, other = self.rng.choice(shared)
-            self.add(
-                2, "yn-maybe", "qa",
-                context=f"{capitalize(symptom)} occurs in {name} and also in other conditions, "
-                f"such as {mid_sentence(other['name'])}.",
-                question=f"A patient's only reported symptom is {symptom}. Does the patient have {name}?",
-                options=yn, answer=2,
-            )  # fmt: skip
+            self.add(2, "yn-fact", "qa", question=YN_ASKS[field].format(name=name, value=value),
+                     options=list(YES_NO_MAYBE), answer=YN["no"])  # fmt: skip
+        for label in ("no" if flip else "yes", "maybe"):
+            self.diagnosis_yn("yn-diagnosis", label, YN_DIAGNOSIS)
 
     def tier3(self) -> None:
         c, name = self.c, self.name
         for _ in range(2):
             text, shown = self.vignette()
-            others = self.other_conditions(3, shown)
+            question = f"{text} What is the most likely diagnosis?"
+            others = self.close_others(3, question, self.c["name"], lambda o: o["name"], shown)
             options, answer = self.options(c["name"], [o["name"] for o in others])
-            self.add(
-                3, "vignette-diagnosis", "qa", question=f"{text} What is the most likely diagnosis?",
-                options=options, answer=answer,
-            )  # fmt: skip
+            self.add(3, "vignette-diagnosis", "qa", question=question, options=options, answer=answer)
         for field, template, ask in (
             ("tests", "vignette-test", "Which first-line test or assessment is most useful?"),
             ("treatments", "vignette-treatment", "Which is an appropriate first-line treatment?"),
         ):
             text, _ = self.vignette()
-            options, answer = self.options(self.pick(field)[0], self.wrong_values(field, 3))
-            self.add(3, template, "qa", question=f"{text} {ask}", options=options, answer=answer)
+            self.mc_field(3, template, f"{text} {ask}", field)
 
         text, shown = self.vignette()
         self.add(
@@ -411,27 +530,8 @@ class ConditionWriter:
             f"Treatment: {c['treatments'][0]}. Urgent warning sign: {self.rng.choice(c['red_flags'])}.",
         )  # fmt: skip
         self.dialogues()
-
-        flag = self.rng.choice(c["red_flags"])
-        self.add(
-            3, "pref-red-flag", "preference",
-            prompt=f"Someone with {name} has a new warning sign: {flag}. "
-            "Is it safe to wait a few days and see if it settles?",
-            chosen=f"No. In someone with {name}, this warning sign ({flag}) can mean a serious problem. "
-            "Get urgent medical help now, for example at an emergency department or by calling emergency "
-            "services.",
-            rejected=f"Yes. This is common with {name} and usually settles on its own. "
-            "Rest at home and book a routine appointment if it is still there next week.",
-        )  # fmt: skip
-        text, shown = self.vignette()
-        other = self.other_conditions(1, shown)[0]
-        self.add(
-            3, "pref-vignette", "preference",
-            prompt=f"{text} What is the likely diagnosis and an appropriate first-line treatment?",
-            chosen=f"The likely diagnosis is {name}; a first-line treatment is {c['treatments'][0]}.",
-            rejected=f"The likely diagnosis is {mid_sentence(other['name'])}; "
-            f"a first-line treatment is {other['treatments'][0]}.",
-        )  # fmt: skip
+        self.urgency_pair(3, "pref-red-flag", self.rng.choice(c["red_flags"]), safe_first=self.safe_first)
+        self.diagnosis_pair(3, "pref-vignette")
 
     def dialogues(self) -> None:
         """A one-exchange and a two-exchange consultation; the doctor names the main (first-listed) tests and
@@ -471,6 +571,93 @@ class ConditionWriter:
         self.tier2()
         self.tier3()
         return self.examples
+
+    # --- retention probes
+
+    def fresh_value(self, field: str, question: str) -> str:
+        """A value of the field that no training question has as its answer where there is one (the fact
+        texts teach it), else one that has; the one that repeats fewest of the question's words."""
+        values = self.specific(field)
+        fresh = [v for v in values if v not in self.asked.get(field, ())] or values
+        return min(fresh, key=lambda v: shared_words(question, v))
+
+    def probes(self) -> dict[str, list[Example]]:
+        """Retention probes of a training condition, for {"validation-retention": [...], "test-retention": [...]}:
+        per file, one general-stage, two knowledge-stage and two clinical-stage scorable questions, each worded
+        differently from every training question (or about a new vignette). What they ask is taught in train
+        by the fact texts and by training questions in other words. Call after write_all (the RNG goes on)."""
+        name, i = self.name, self.index
+        out: dict[str, list[Example]] = {}
+        start = len(self.examples)
+        for f, file in enumerate(("validation-retention", "test-retention")):
+            before = len(self.examples)
+            # general: one of the two term questions, the other one in the other file
+            if (i + f) % 2 == 0:
+                self.mc_term(1, "probe-mc-term", "What is the name for {predicate}?")
+            else:
+                self.mc_meaning(1, "probe-mc-meaning", "Which of these describes {name}?")
+            # knowledge: a multiple-choice question on a rotating field, then a yes/no/maybe or a preference pair
+            field = PROBE_FIELDS[(i + 2 * f) % 4]
+            question = PROBE_QUESTIONS[field].format(name=name)
+            self.mc_field(2, f"probe-mc-{field}", question, field, self.fresh_value(field, question))
+            if (i + f) % 2 == 0:
+                labels = ("yes", "no", "maybe", "yes", "no")[(i // 2 + f) % 3 :]
+                for label in labels[:3]:  # the next label where this one is impossible
+                    if self.diagnosis_yn("probe-yn-diagnosis", label, PROBE_DIAGNOSIS) is not None:
+                        break
+            else:
+                self.value_pair(
+                    2, "probe-pref-treatment", "treatments", f"Which treatment would be used early for {name}?",
+                    f"{capitalize(name)} is often treated early with {{value}}.",
+                )  # fmt: skip
+            # clinical: a new vignette to diagnose, then a rotating test, treatment, red-flag or diagnosis pair
+            text, shown = self.vignette()
+            question = f"{text} Which condition is most likely?"
+            others = self.close_others(3, question, self.c["name"], lambda o: o["name"], shown)
+            options, answer = self.options(self.c["name"], [o["name"] for o in others])
+            self.add(3, "probe-vignette-diagnosis", "qa", question=question, options=options, answer=answer)
+            kind = (i + 2 * f) % 4
+            if kind < 2:
+                field = ("tests", "treatments")[kind]
+                text, _ = self.vignette()
+                ask = ("What should be done first to look for the cause?", "What is a suitable first treatment?")[kind]
+                self.mc_field(3, f"probe-vignette-{field}", f"{text} {ask}", field, self.fresh_value(field, text + ask))
+            elif kind == 2:
+                # the other question form than the training pair's, so the prompt is new
+                self.urgency_pair(3, "probe-pref-red-flag", self.rng.choice(self.c["red_flags"]),
+                                  safe_first=not self.safe_first)  # fmt: skip
+            else:
+                self.diagnosis_pair(3, "probe-pref-vignette")
+            out[file] = self.examples[before:]
+        del self.examples[start:]
+        for file, examples in out.items():
+            for ex in examples:
+                ex.meta["split"] = file
+        return out
+
+
+YN = {label: i for i, label in enumerate(YES_NO_MAYBE)}
+MC_QUESTIONS = {
+    "tests": "Which of these is a first-line test or assessment for {name}?",
+    "treatments": "Which of these is a first-line treatment for {name}?",
+    "symptoms": "Which of these is a typical symptom of {name}?",
+    "causes": "Which of these is a recognised cause or risk factor for {name}?",
+}
+# the retention probes ask the same facts in other words
+PROBE_FIELDS = ("tests", "treatments", "symptoms", "causes")
+PROBE_QUESTIONS = {
+    "tests": "To check for {name}, which of these is usually done early on?",
+    "treatments": "Which of these is commonly used early in the treatment of {name}?",
+    "symptoms": "Someone with {name} would be most likely to notice which of these?",
+    "causes": "Which of these makes {name} more likely?",
+}
+YN_ASKS = {
+    "tests": "Is this a first-line test or assessment for {name}: {value}?",
+    "symptoms": "Is this a typical symptom of {name}: {value}?",
+    "treatments": "Is this a first-line treatment for {name}: {value}?",
+}
+YN_DIAGNOSIS = "A patient reports {symptoms} and no other symptoms. Does the patient have {name}?"
+PROBE_DIAGNOSIS = "Someone has {symptoms}, and nothing else. Is it {name}?"
 
 
 def _turns(*contents: str) -> list[dict[str, str]]:

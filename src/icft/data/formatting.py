@@ -1,22 +1,62 @@
 """Turn examples into (prompt, target) text pairs: the one place prompt templates live.
 
 Training masks the prompt and learns the target; evaluation scores candidate targets after the prompt.
-A target starts with a space so that word-piece and BPE tokenizers split it the same way in both.
+
+Two templates:
+
+- ``plain``: "Question: ... Answer:" style prompts. A target starts with a space so that word-piece and BPE
+  tokenizers split it the same way in training and scoring. `encode_pair` adds the tokenizer's BOS and EOS.
+- ``chat``: the model's own chat template (``tokenizer.apply_chat_template``), for instruction-tuned models
+  that were trained on it. qa, dialogue and preference examples become user/assistant messages. The prompt
+  is the rendering of every message but the last, with the generation prompt (e.g.
+  ``<|im_start|>assistant\\n``); the target is the rest of the full rendering: the assistant's answer and the
+  template's end-of-turn text (e.g. ``<|im_end|>\\n``), so the model learns to end its turn. Chat pairs are
+  *literal*: they hold every special token as text (a ``text`` example becomes BOS text + text + EOS text,
+  i.e. the same token ids as plain), and `encode_pair(..., template="chat")` adds nothing.
+
+``auto`` (the default setting) picks ``chat`` where the tokenizer has a chat template, ``plain`` otherwise.
+Functions take ``template="plain"`` by default, so callers that pass no tokenizer get plain pairs.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from .schema import OPTION_LETTERS, Example
+
+TEMPLATES = ("auto", "plain", "chat")
+Template = Literal["plain", "chat"]
+_MARK = "ICFT_END_OF_TURN_PROBE"
+
+
+def resolve_template(tokenizer, setting: str = "auto") -> Template:
+    """The template a run uses: `setting` (auto, plain or chat) checked against what the tokenizer has."""
+    if setting not in TEMPLATES:
+        raise ValueError(f"data.template must be one of {', '.join(TEMPLATES)}, got {setting!r}")
+    has_chat = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if setting == "chat" and not has_chat:
+        raise ValueError("data.template=chat, but the tokenizer has no chat template (use auto or plain)")
+    if setting == "plain":
+        return "plain"
+    return "chat" if has_chat else "plain"
+
+
+# ------------------------------------------------------------------------------------------------ plain
 
 
 def qa_prompt(ex: Example) -> str:
+    return qa_question(ex) + "\nAnswer:"
+
+
+def qa_question(ex: Example) -> str:
+    """Context, question and lettered options: the plain prompt's body and the chat user message."""
     parts = []
     if ex.context:
         parts.append(f"Context: {ex.context}")
     parts.append(f"Question: {ex.question}")
     if ex.options:
         parts.append("Options: " + " ".join(f"({OPTION_LETTERS[i]}) {o}" for i, o in enumerate(ex.options)))
-    return "\n".join(parts) + "\nAnswer:"
+    return "\n".join(parts)
 
 
 def dialogue_prompt(turns: list[dict[str, str]]) -> str:
@@ -29,29 +69,95 @@ def preference_prompt(ex: Example) -> str:
     return f"Question: {ex.prompt}\nAnswer:"
 
 
-def prompt_and_target(ex: Example) -> tuple[str, str]:
-    """The supervised pair for text, qa and dialogue examples (preference: the chosen answer)."""
-    if ex.kind == "text":
-        return "", ex.text
+def _answer(ex: Example, answer: str) -> str:
+    """The gold answer text (preference: the chosen one, or the rejected one with answer="rejected")."""
     if ex.kind == "qa":
-        answer = ex.options[ex.answer] if ex.options else ex.answer
-        return qa_prompt(ex), " " + answer
+        return ex.options[ex.answer] if ex.options else ex.answer
     if ex.kind == "dialogue":
-        return dialogue_prompt(ex.turns), " " + ex.turns[-1]["content"]
+        return ex.turns[-1]["content"]
     if ex.kind == "preference":
-        return preference_prompt(ex), " " + ex.chosen
+        return ex.rejected if answer == "rejected" else ex.chosen
     raise ValueError(f"unknown kind {ex.kind!r}")
 
 
-def candidates(ex: Example) -> tuple[str, list[str], int]:
-    """Prompt, candidate continuations and the index of the right one, for scoring by likelihood."""
-    if ex.kind == "qa" and ex.options:
-        return qa_prompt(ex), [" " + o for o in ex.options], ex.answer
+def _plain_prompt(ex: Example) -> str:
+    if ex.kind == "qa":
+        return qa_prompt(ex)
+    if ex.kind == "dialogue":
+        return dialogue_prompt(ex.turns)
     if ex.kind == "preference":
-        return preference_prompt(ex), [" " + ex.chosen, " " + ex.rejected], 0
-    raise ValueError(f"example {ex.id} ({ex.kind}) has no candidates to score")
+        return preference_prompt(ex)
+    raise ValueError(f"unknown kind {ex.kind!r}")
+
+
+# ------------------------------------------------------------------------------------------------- chat
+
+
+def chat_messages(ex: Example, answer: str = "chosen") -> list[dict[str, str]]:
+    """User/assistant messages for a qa, dialogue or preference example; the last one is the answer."""
+    if ex.kind == "dialogue":
+        return [{"role": t["role"], "content": t["content"]} for t in ex.turns]
+    question = qa_question(ex) if ex.kind == "qa" else ex.prompt
+    if ex.kind not in ("qa", "preference"):
+        raise ValueError(f"{ex.kind!r} examples have no chat form")
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": _answer(ex, answer)}]
+
+
+def chat_split(tokenizer, messages: list[dict[str, str]]) -> tuple[str, str]:
+    """(all messages but the last, with the generation prompt; the rest of the full rendering)."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        # Some templates rewrite earlier turns once an answer follows (e.g. strip reasoning): then no prefix
+        # split exists and the loss could not be put on the answer alone.
+        raise ValueError("the tokenizer's chat template renders the conversation without its prompt as a prefix; "
+                         "use data.template=plain")  # fmt: skip
+    return prompt, full[len(prompt) :]
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the chat template puts after an assistant message (e.g. "<|im_end|>\\n"; may be "")."""
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _MARK}]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    return full[full.index(_MARK) + len(_MARK) :]
+
+
+# ------------------------------------------------------------------------------------------------- pairs
+
+
+def prompt_and_target(ex: Example, tokenizer=None, template: str = "plain", answer: str = "chosen") -> tuple[str, str]:
+    """The supervised pair for an example (preference: the chosen answer, or the rejected one).
+
+    With ``template="chat"`` (needs `tokenizer`), see the module docstring: the target is the assistant's
+    turn including its end-of-turn text, and ``text`` examples keep their plain form with BOS/EOS as text.
+    """
+    if template == "chat":
+        if ex.kind == "text":
+            return tokenizer.bos_token or "", ex.text + (tokenizer.eos_token or "")
+        return chat_split(tokenizer, chat_messages(ex, answer))
+    if ex.kind == "text":
+        return "", ex.text
+    return _plain_prompt(ex), " " + _answer(ex, answer)
+
+
+def candidates(ex: Example, tokenizer=None, template: str = "plain") -> tuple[str, list[str], int]:
+    """Prompt, candidate continuations and the index of the right one, for scoring by likelihood.
+
+    With ``template="chat"`` the candidates are the bare answer texts after the generation prompt, without
+    the end-of-turn text: a score is the log-probability of exactly the answer tokens, as in plain mode and
+    lm-evaluation-harness, so acc and acc_norm mean the same in both and one-token answers (yes / no /
+    maybe) still share a forward pass.
+    """
+    if not ((ex.kind == "qa" and ex.options) or ex.kind == "preference"):
+        raise ValueError(f"example {ex.id} ({ex.kind}) has no candidates to score")
+    texts = list(ex.options) if ex.kind == "qa" else [ex.chosen, ex.rejected]
+    gold = ex.answer if ex.kind == "qa" else 0
+    if template == "chat":
+        prompt, _ = chat_split(tokenizer, chat_messages(ex))
+        return prompt, texts, gold
+    return _plain_prompt(ex), [" " + t for t in texts], gold
 
 
 def reference(ex: Example) -> str:
-    """The reference text a generated answer is compared to (open QA and dialogue)."""
+    """The reference text a generated answer is compared to (open QA and dialogue), in any template."""
     return prompt_and_target(ex)[1].strip()

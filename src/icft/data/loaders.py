@@ -371,7 +371,8 @@ def _convert_one(raw: _Raw, mapper: Callable, name: str) -> Example:
         raise DataError(raw.path, raw.line, error.field, error.message) from None
     if isinstance(record, dict) and record.get("id") is None and "kind" in record:
         # No id in the source: the file and line (or record number) make one that no other file shares.
-        record = {**record, "id": f"{raw.path}:{raw.line if raw.line is not None else raw.number}"}
+        # (A record of a JSON list or a dataset has no line: its path already reads "file.json[3]".)
+        record = {**record, "id": raw.path if raw.line is None else f"{raw.path}:{raw.line}"}
     return Example.from_dict(record, raw.path, raw.line)
 
 

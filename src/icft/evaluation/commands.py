@@ -31,12 +31,16 @@ def eval_command(
     output_dir: str | None = None,
     max_examples: int | None = None,
     batch_size: int = 32,
+    retrieve: int = 0,
+    knowledge: list[str] | None = None,
 ) -> int:
     """Evaluate `--run RUN_DIR` or `--model NAME_OR_PATH` (default: the embedded model) on `--data` files.
 
     Prints a table of metrics. `--json FILE` writes {file name: {metric: value}}; wrong answers go to
     `<json stem>.errors.jsonl` next to it, or into `output_dir` (which also gets `eval.json` when no
-    `--json` is given). Returns 0, or 2 on bad input.
+    `--json` is given). `retrieve` > 0 puts that many facts retrieved from the run's long-term memory and
+    `knowledge` files in each prompt (icft.inference.retrieval); each wrong answer then lists the retrieved
+    ids and similarity scores. Returns 0, or 2 on bad input.
     """
     try:
         if not data:
@@ -45,7 +49,12 @@ def eval_command(
             raise _BadInput("give either a run directory (--run) or a model (--model), not both")
         datasets = _load_data(data, max_examples)
         net, tokenizer = _load_run(Path(run_dir)) if run_dir else _load_base(model)
-    except _BadInput as error:
+        retrieved: dict[str, list] = {}
+        if retrieve or knowledge:
+            from ..inference.commands import retrieve_for_eval
+
+            datasets, retrieved = retrieve_for_eval(datasets, net, tokenizer, run_dir, knowledge, retrieve)
+    except (_BadInput, ValueError) as error:  # ValueError: nothing to retrieve from, a bad knowledge file
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -57,6 +66,10 @@ def eval_command(
         name: evaluate_examples(net, tokenizer, examples, embedder=embedder, batch_size=batch_size)
         for name, examples in datasets.items()
     }
+    for result in results.values():
+        for error in result.errors:
+            if error["id"] in retrieved:
+                error["retrieved"] = retrieved[error["id"]]
     print_table(results)
     _print_breakdowns(results)
     _write_outputs(results, json_path, output_dir)

@@ -192,8 +192,25 @@ def format_table(results: dict[str, EvalResult]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def print_table(results: dict[str, EvalResult], file: TextIO | None = None) -> None:
+def print_table(
+    results: dict[str, EvalResult], file: TextIO | None = None, examples: dict[str, list[Example]] | None = None
+) -> None:
+    """The metrics table; given each file's `examples`, also one row per trivial baseline (random guess,
+    constant answer, best option position) on the same items, so a score can be read against its floor."""
+    if examples:
+        results = _with_baselines(results, examples)
     print(format_table(results), file=file or sys.stdout)
+
+
+def _with_baselines(results: dict[str, EvalResult], examples: dict[str, list[Example]]) -> dict[str, EvalResult]:
+    from .baselines import trivial_baselines
+
+    out: dict[str, EvalResult] = {}
+    for name, result in results.items():
+        out[name] = result
+        for baseline, values in trivial_baselines(examples.get(name, [])).items():
+            out[f"{name} [{baseline}]"] = EvalResult(metrics=dict(values), n_examples=result.n_examples)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ left by hand, so that every row's last token is its own prompt's last token, wit
 tokenizer's `padding_side`. `generate` derives position ids from the attention mask, so a left-padded row
 gets the same positions as the row alone; this holds for the embedded BERT decoder's absolute position
 embeddings too (tests/test_evaluation.py checks batched against one-by-one output).
+
+With ``template="chat"`` the prompts are chat renderings (`formatting.prompt_and_target(..., template="chat")`):
+they already hold BOS and end with the generation prompt, so no BOS is added, and generation also stops at the
+template's end-of-turn token (e.g. ``<|im_end|>``), which for many chat models is not the tokenizer's EOS.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ def generate_answers(
     batch_size: int = 16,
     max_length: int = 512,
     progress: bool = False,
+    template: str = "plain",
 ) -> list[str]:
     """The greedy continuation of each prompt, up to EOS or `max_new_tokens`, without the prompt.
 
@@ -33,7 +38,8 @@ def generate_answers(
     room = limit - max_new_tokens
     if room < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {limit} tokens")
-    encoded = [_prompt_ids(tokenizer, p, room) for p in prompts]
+    encoded = [_prompt_ids(tokenizer, p, room, add_bos=template != "chat") for p in prompts]
+    stop = stop_ids(tokenizer, template)
     # Longest first: similar lengths share a batch, so little padding, and a too-large batch fails at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -55,11 +61,11 @@ def generate_answers(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop,
             pad_token_id=pad_id,
         )
         for i, row in zip(idx, output[:, input_ids.shape[1] :].tolist()):
-            answers[i] = _decode(tokenizer, row)
+            answers[i] = _decode(tokenizer, row, stop)
     model.train(was_training)
     return answers
 
@@ -72,9 +78,20 @@ def context_limit(model: PreTrainedModel, max_length: int) -> int:
     return min(max_length, positions) if positions else max_length
 
 
-def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, room: int) -> list[int]:
+def stop_ids(tokenizer: PreTrainedTokenizerBase, template: str = "plain") -> list[int]:
+    """Token ids that end an answer: EOS, and in chat mode the first token of the template's end of turn."""
+    stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if template == "chat":
+        from ..data.formatting import end_of_turn
+
+        suffix = tokenizer(end_of_turn(tokenizer), add_special_tokens=False)["input_ids"]
+        stop += [t for t in suffix[:1] if t not in stop]
+    return stop
+
+
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, room: int, add_bos: bool = True) -> list[int]:
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     keep = room - len(bos)
     ids = bos + (ids[-keep:] if keep > 0 else [])
     # generate needs at least one token to continue from; EOS is what a new document follows in training
@@ -91,9 +108,10 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return input_ids, attention_mask
 
 
-def _decode(tokenizer: PreTrainedTokenizerBase, new_tokens: list[int]) -> str:
-    # Cut at the first EOS ourselves: rows that stop early are filled with padding, and a tokenizer whose
-    # EOS is not a special token would otherwise keep whatever follows it.
-    if tokenizer.eos_token_id in new_tokens:
-        new_tokens = new_tokens[: new_tokens.index(tokenizer.eos_token_id)]
+def _decode(tokenizer: PreTrainedTokenizerBase, new_tokens: list[int], stop: list[int]) -> str:
+    # Cut at the first stop token ourselves: rows that stop early are filled with padding, and a tokenizer
+    # whose EOS is not a special token would otherwise keep whatever follows it.
+    ends = [i for i, t in enumerate(new_tokens) if t in stop]
+    if ends:
+        new_tokens = new_tokens[: ends[0]]
     return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()

@@ -125,14 +125,6 @@ def plan_stages(config: RunConfig, train: list[Example], validation: list[Exampl
                                               cache_dir=cache, model_name=config.model.name)  # fmt: skip
         return curriculum.attach_difficulty(examples, scores)
 
-    if cc.stages != "auto":
-        found = sorted({ex.stage for ex in train if ex.stage})
-        if not found:
-            say(f"no training record has a 'stage' field: using {cc.num_stages} difficulty stages "
-                "(curriculum.stages: auto)")  # fmt: skip
-            cc.stages = "auto"  # saved in the run's config.yaml, so a resume plans the same stages
-        else:
-            _check_stage_names(train, list(cc.stages), found)
     train = scored(train)
     if cc.stages == "auto":
         if len(train) < cc.num_stages:
@@ -151,7 +143,21 @@ def plan_stages(config: RunConfig, train: list[Example], validation: list[Exampl
     return stages, budgets, val_groups
 
 
-def _check_stage_names(train: list[Example], names: list[str], found: list[str]) -> None:
+def check_stage_names(config: RunConfig, train: list[Example], say) -> None:
+    """Before the model loads: the stages named in the config must be the ones the records carry.
+
+    Records with no stage at all (a user's own files) get difficulty stages, said in one line.
+    """
+    cc = config.curriculum
+    if cc.stages == "auto":
+        return
+    found = sorted({ex.stage for ex in train if ex.stage})
+    if not found:
+        say(f"no training record has a 'stage' field: using {cc.num_stages} difficulty stages "
+            "(curriculum.stages: auto)")  # fmt: skip
+        cc.stages = "auto"  # saved in the run's config.yaml, so a resume plans the same stages
+        return
+    names = list(cc.stages)
     unstaged = next((ex for ex in train if not ex.stage), None)
     if unstaged is not None:
         raise TrainingError(f"{unstaged.origin or unstaged.id}: record has no 'stage' while others do (stages "
@@ -282,6 +288,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
 
     # 1. Data and model
     train_examples, val_examples = load_training_data(config, say)
+    check_stage_names(config, train_examples, say)
     model, tokenizer = load_adapted_model(config)
     template = resolve_template(tokenizer, config.data.template)
     trainable, total = count_parameters(model)
@@ -378,7 +385,6 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
                 "state": state, "schedule": schedule.state_dict(), "stm": stm.state_dict(), "ltm": ltm.state_dict(),
                 "replay": replay.state_dict(), "rng": rng_states(rng)})  # fmt: skip
     bar.close()
-    accelerator.end_training()
 
     # 5. Outputs
     state.wall_s = time.perf_counter() - run_start
@@ -386,6 +392,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
         save_outputs(run_dir, accelerator.unwrap_model(model), tokenizer, config, ltm, stages, state, trainable,
                      total, log.records)  # fmt: skip
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it also takes down the process group the barrier above needs
     return run_dir
 
 

@@ -1,0 +1,182 @@
+"""`icft generate`, `icft chat`, `icft export` and `icft serve`: argument parsing and dispatch.
+
+Bad input (a missing run folder, a malformed data file, contradictory options) prints ``error: <message>``
+on stderr and returns exit code 2, without a traceback. Heavy modules are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="answer prompts or a data file with a trained run or a model")
+    _add_model_args(gen)
+    what = gen.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", action="append", help="raw prompt text to continue (repeatable)")
+    what.add_argument("--data", help="data file: answers each record's prompt (qa, dialogue, preference)")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
+    gen.add_argument("--batch-size", type=int, default=16)
+    gen.add_argument("--json", help="write answers, retrieved memory ids and scores to this file")
+
+    chat = sub.add_parser("chat", help="interactive chat in the terminal (/memory, /reset, Ctrl-D to leave)")
+    _add_model_args(chat)
+    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--temperature", type=float, default=0.0)
+
+    export = sub.add_parser("export", help="write a run as a standalone model (--merge) or adapter folder")
+    export.add_argument("--run", required=True, help="run folder written by icft train")
+    export.add_argument("--output", required=True, help="folder to write (replaced if it is an earlier export)")
+    export.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP API (chat/completions, completions, models)")
+    _add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (the API has no authentication)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-name", help="name clients pass as `model` (default: run folder or model name)")
+    serve.add_argument("--queue-size", type=int, default=16, help="requests waiting beyond this get 503")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--run", help="run folder written by icft train (adapter + long-term memory)")
+    who.add_argument("--model", help="base model: hub id, local folder, or minilm-decoder")
+    p.add_argument("--retrieve", type=int, default=0, metavar="K", help="put the K nearest memory facts in prompts")
+    p.add_argument("--knowledge", action="append", metavar="PATH", help="extra text/qa records to retrieve from")
+    p.add_argument("--max-length", type=int, default=2048, help="prompt + answer token limit (and the model's)")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run one of this package's commands; returns the exit code."""
+    from ..data.schema import DataError
+    from .generate import InputError
+
+    try:
+        if args.command == "generate":
+            return generate_command(args)
+        if args.command == "chat":
+            from .chat import chat_command
+
+            return chat_command(_engine(args), args.max_new_tokens, args.temperature)
+        if args.command == "export":
+            from .export import export
+
+            export(args.run, args.output, merge=args.merge)
+            return 0
+        if args.command == "serve":
+            from .serve import serve
+
+            if args.queue_size < 1:
+                raise InputError(f"--queue-size must be >= 1, got {args.queue_size}")
+            engine = _engine(args, name=args.model_name)
+            return serve(engine, host=args.host, port=args.port, queue_size=args.queue_size)
+    except (InputError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    raise AssertionError(args.command)
+
+
+def _engine(args: argparse.Namespace, name: str | None = None) -> Any:
+    from .generate import Engine
+
+    return Engine.load(
+        run=args.run,
+        model=args.model,
+        retrieve_k=args.retrieve,
+        knowledge=args.knowledge,
+        name=name,
+        max_length=args.max_length,
+    )
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    """Answers printed one per block; `--json` gets them with the retrieved ids and similarity scores."""
+    from ..data.formatting import prompt_and_target, reference
+    from ..data.schema import DataError
+    from ..data.sources import load_data
+    from ..io import write_json
+    from .generate import InputError, Prompt
+    from .retrieval import add_retrieved_context
+
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise InputError(f"--temperature must be >= 0, got {args.temperature}")
+    examples = []
+    if args.data:
+        try:
+            examples = [ex for ex in load_data([args.data], quiet=True) if ex.kind != "text"]
+        except (DataError, OSError) as error:
+            raise InputError(str(error)) from None
+        if not examples:
+            raise InputError(f"{args.data}: no qa, dialogue or preference records to answer")
+    engine = _engine(args)
+    if examples:
+        hits = [[] for _ in examples]
+        if engine.retrieve_k:
+            examples, hits = add_retrieved_context(
+                examples, engine.retriever, engine.retrieve_k, engine.tokenizer, engine.limit, args.max_new_tokens
+            )
+        texts = [prompt_and_target(ex)[0] for ex in examples]
+        prompts = [Prompt(engine.encode(text), h, text) for text, h in zip(texts, hits)]
+        ids = [ex.id for ex in examples]
+    else:
+        prompts = [engine.completion_prompt(p, args.max_new_tokens) for p in args.prompt]
+        ids = [f"prompt-{i}" for i in range(len(prompts))]
+    prompts = [engine.truncate(p, args.max_new_tokens) for p in prompts]
+    completions = engine.generate(prompts, args.max_new_tokens, args.temperature, batch_size=args.batch_size)
+
+    records = []
+    for i, (id_, prompt, c) in enumerate(zip(ids, prompts, completions)):
+        record = {
+            "id": id_,
+            "prompt": prompt.text,
+            "answer": c.text,
+            "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "retrieved": [{"id": h.id, "score": round(h.score, 6), "source": h.source} for h in c.retrieved],
+        }
+        if examples:
+            record["reference"] = reference(examples[i])
+        records.append(record)
+        found = ", ".join(f"{h.id} ({h.score:.3f})" for h in c.retrieved)
+        print(f"[{id_}] {c.text}" + (f"\n  retrieved: {found}" if found else ""))
+    if args.json:
+        settings = {
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature,
+            "retrieve": args.retrieve,
+            "knowledge": args.knowledge or [],
+        }
+        write_json(args.json, {"model": engine.name, "settings": settings, "answers": records})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def retrieve_for_eval(
+    datasets: dict[str, list], model: Any, tokenizer: Any, run_dir: str | None, knowledge: list[str] | None, k: int
+) -> tuple[dict[str, list], dict[str, list[dict]]]:
+    """`icft eval --retrieve K`: each file's examples with retrieved context, and {example id: hits as JSON}.
+
+    Raises InputError (a ValueError) when there is nothing to retrieve from.
+    """
+    from ..evaluation.generation import context_limit
+    from .generate import load_retriever
+    from .retrieval import add_retrieved_context
+
+    retriever = load_retriever(run_dir, knowledge, k)
+    if retriever is None:
+        return datasets, {}
+    limit = context_limit(model, 512)  # what evaluate_examples uses
+    out, retrieved = {}, {}
+    for name, examples in datasets.items():
+        out[name], hits = add_retrieved_context(examples, retriever, k, tokenizer, limit)
+        for ex, row in zip(examples, hits):
+            retrieved[ex.id] = [{"id": h.id, "score": round(h.score, 6), "source": h.source} for h in row]
+    return out, retrieved

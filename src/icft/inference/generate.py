@@ -1,0 +1,289 @@
+"""A loaded model ready to answer: prompts in, text out, through transformers `generate`.
+
+`Engine` is shared by `icft generate`, `icft chat` and `icft serve`. Prompts are encoded as training
+encodes them (the tokenizer's BOS, if any, then the text without special tokens) unless a chat template
+builds them. Batches are padded on the left, so each row's last token is its own prompt's last token and
+the new tokens follow it directly; `generate` derives positions from the attention mask, which also holds
+for the embedded BERT decoder. Decoding is greedy unless a temperature above 0 asks for sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, TextStreamer
+
+from ..data.formatting import dialogue_prompt
+from ..evaluation.generation import context_limit
+from .retrieval import Hit, Retriever, context_block, fit_facts
+
+DEFAULT_MAX_LENGTH = 2048  # a cap for models whose position limit is far beyond what they were trained on
+
+
+class InputError(ValueError):
+    """A problem with the user's input (paths, options, request fields), reported in one line."""
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_new_tokens reached)
+    retrieved: list[Hit] = field(default_factory=list)
+
+
+@dataclass
+class Prompt:
+    """Token ids ready for `generate`, with the facts that went into them."""
+
+    ids: list[int]
+    retrieved: list[Hit] = field(default_factory=list)
+    text: str = ""  # the prompt as written (decoding ids loses case and spacing with some tokenizers)
+
+
+class CallbackStreamer(TextStreamer):
+    """Hands each finished piece of text to a callback (TextStreamer prints it; TextIteratorStreamer queues it)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, on_text: Callable[[str, bool], None]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.on_text(text, stream_end)
+
+
+class StopFlag(StoppingCriteria):
+    """Stops generation once `set()` is called, e.g. when a streaming client hangs up."""
+
+    def __init__(self):
+        self.stopped = False
+
+    def set(self) -> None:
+        self.stopped = True
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+
+
+class Engine:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        retriever: Retriever | None = None,
+        retrieve_k: int = 0,
+        max_length: int = DEFAULT_MAX_LENGTH,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.retriever = retriever
+        self.retrieve_k = retrieve_k if retriever is not None else 0
+        self.limit = context_limit(model, max_length)  # prompt + new tokens
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        # A chat model may end a turn with its own token (<|eot_id|>) besides the tokenizer's EOS.
+        self.eos_ids = list(dict.fromkeys([tokenizer.eos_token_id, *eos]))
+
+    @classmethod
+    def load(
+        cls,
+        run: str | None = None,
+        model: str | None = None,
+        retrieve_k: int = 0,
+        knowledge: list[str] | None = None,
+        name: str | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+    ) -> Engine:
+        """`--run DIR` (base model + adapter, its memory for retrieval) or `--model NAME` (a base model)."""
+        from ..evaluation.commands import _BadInput, _load_base, _load_run
+
+        if run and model:
+            raise InputError("give either a run directory (--run) or a model (--model), not both")
+        if retrieve_k < 0:
+            raise InputError(f"--retrieve must be >= 0, got {retrieve_k}")
+        try:
+            net, tokenizer = _load_run(Path(run)) if run else _load_base(model)
+        except _BadInput as error:
+            raise InputError(str(error)) from None
+        retriever = load_retriever(run, knowledge, retrieve_k)
+        default_name = Path(run).resolve().name if run else (model or "minilm-decoder")
+        return cls(net, tokenizer, name or default_name, retriever, retrieve_k, max_length)
+
+    # --- prompts ---------------------------------------------------------------------------------------
+
+    def encode(self, text: str, templated: bool = False) -> list[int]:
+        """Token ids as training saw them: BOS (if any) + the text; a chat template brings its own BOS."""
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
+        bos = self.tokenizer.bos_token_id
+        if not templated and bos is not None:
+            ids = [bos, *ids]
+        return ids or [self.tokenizer.eos_token_id]  # generate needs one token to continue from
+
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat_text(self, messages: list[dict[str, str]]) -> str:
+        """The prompt for a conversation: the model's chat template, or icft's Patient/Doctor format."""
+        if self.has_chat_template():
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        turns = [m for m in messages if m["role"] in ("user", "assistant")]
+        text = dialogue_prompt([*turns, {"role": "assistant", "content": ""}])  # its last turn is the target
+        return "\n".join([*system, text])
+
+    def retrieve(self, queries: list[str], k: int | None = None) -> list[list[Hit]]:
+        k = self.retrieve_k if k is None else k
+        if self.retriever is None or k <= 0:
+            return [[] for _ in queries]
+        return self.retriever.search(queries, k)
+
+    def completion_prompt(self, text: str, max_new_tokens: int, k: int | None = None) -> Prompt:
+        """A raw prompt, with a Context block of retrieved facts ahead of it when retrieval is on."""
+        hits = self.retrieve([text], k)[0]
+        facts = self._fit([h.text for h in hits], lambda fs: _prepend(fs, text), max_new_tokens, False)
+        full = _prepend(facts, text)
+        return Prompt(self.encode(full), _used(hits, facts), full)
+
+    def chat_prompt(self, messages: list[dict[str, str]], max_new_tokens: int, k: int | None = None) -> Prompt:
+        """A conversation's prompt; retrieved facts go at the start of the last user message."""
+        last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+        hits = self.retrieve([messages[last]["content"]], k)[0] if last is not None else []
+
+        def render(facts: list[str]) -> str:
+            if not facts:
+                return self.chat_text(messages)
+            edited = [dict(m) for m in messages]
+            edited[last]["content"] = _prepend(facts, edited[last]["content"])
+            return self.chat_text(edited)
+
+        templated = self.has_chat_template()
+        facts = self._fit([h.text for h in hits], render, max_new_tokens, templated)
+        text = render(facts)
+        return Prompt(self.encode(text, templated), _used(hits, facts), text)
+
+    def _fit(
+        self, facts: list[str], render: Callable[[list[str]], str], max_new_tokens: int, templated: bool
+    ) -> list[str]:
+        if not facts:
+            return []
+        return fit_facts(facts, render, lambda text: len(self.encode(text, templated)), self.limit - max_new_tokens)
+
+    # --- generation ------------------------------------------------------------------------------------
+
+    def check_room(self, prompt: Prompt, max_new_tokens: int) -> None:
+        """Raise InputError when prompt + new tokens pass the context limit (the server's 400)."""
+        if max_new_tokens < 1:
+            raise InputError(f"max_tokens must be at least 1, got {max_new_tokens}")
+        if len(prompt.ids) + max_new_tokens > self.limit:
+            raise InputError(
+                f"this model's maximum context length is {self.limit} tokens, but the prompt has "
+                f"{len(prompt.ids)} and {max_new_tokens} more were asked for"
+            )
+
+    def truncate(self, prompt: Prompt, max_new_tokens: int) -> Prompt:
+        """Drop tokens from the prompt's start (keeping BOS) so that it fits, as evaluation does."""
+        room = self.limit - max_new_tokens
+        if room < 1:
+            raise InputError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {self.limit} tokens")
+        if len(prompt.ids) <= room:
+            return prompt
+        bos = self.tokenizer.bos_token_id
+        head = [bos] if bos is not None and prompt.ids[0] == bos else []
+        return Prompt(head + prompt.ids[len(prompt.ids) - room + len(head) :], prompt.retrieved, prompt.text)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[Prompt],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        batch_size: int = 16,
+        streamer: TextStreamer | None = None,
+        stop_flag: StopFlag | None = None,
+    ) -> list[Completion]:
+        """One completion per prompt; prompts of similar length share a batch. A streamer needs one prompt."""
+        if streamer is not None and len(prompts) != 1:
+            raise ValueError("streaming needs exactly one prompt")
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
+        out: list[Completion | None] = [None] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenizer.pad(
+                {"input_ids": [prompts[i].ids for i in idx]}, padding=True, padding_side="left", return_tensors="pt"
+            )
+            width = batch["input_ids"].shape[1]
+            sampling = (
+                {"do_sample": True, "temperature": temperature, "top_p": top_p}
+                if temperature > 0
+                else {"do_sample": False}
+            )
+            extra: dict[str, Any] = {"stop_strings": stop, "tokenizer": self.tokenizer} if stop else {}
+            if stop_flag is not None:
+                extra["stopping_criteria"] = [stop_flag]
+            output = self.model.generate(
+                input_ids=batch["input_ids"].to(self.device),
+                attention_mask=batch["attention_mask"].to(self.device),
+                max_new_tokens=max_new_tokens,
+                num_beams=1,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                streamer=streamer,
+                **sampling,
+                **extra,
+            )
+            for i, row in zip(idx, output[:, width:].tolist()):
+                out[i] = self._completion(prompts[i], row, max_new_tokens, stop)
+        return out  # type: ignore[return-value]
+
+    def _completion(self, prompt: Prompt, row: list[int], max_new_tokens: int, stop: list[str] | None) -> Completion:
+        ends = [row.index(e) for e in self.eos_ids if e in row]
+        new = row[: min(ends)] if ends else row
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, stop)
+        finish = "stop" if ends or stopped or len(row) < max_new_tokens else "length"
+        return Completion(text.strip(), len(prompt.ids), len(new), finish, prompt.retrieved)
+
+
+def load_retriever(run: str | None, knowledge: list[str] | None, k: int) -> Retriever | None:
+    """The run's memory/ plus knowledge files, or None when retrieval is off (k == 0)."""
+    if k <= 0:
+        if knowledge:
+            raise InputError("--knowledge needs --retrieve K (how many facts to put in each prompt)")
+        return None
+    memory = Path(run) / "memory" if run else None
+    if memory is not None and not (memory / "memory.jsonl").is_file():
+        raise InputError(f"{memory}: no long-term memory there (memory.jsonl) to retrieve from")
+    if memory is None and not knowledge:
+        raise InputError("--retrieve needs a run's memory (--run) or a knowledge file (--knowledge PATH)")
+    from ..data.schema import DataError
+
+    try:
+        return Retriever.from_sources(memory, knowledge)
+    except (DataError, OSError) as error:
+        raise InputError(str(error)) from None
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """The text before the earliest stop string, and whether one was found."""
+    cuts = [text.find(s) for s in stop or [] if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def _prepend(facts: list[str], text: str) -> str:
+    return f"{context_block(facts)}\n{text}" if facts else text
+
+
+def _used(hits: list[Hit], facts: list[str]) -> list[Hit]:
+    """The hits whose facts made it into the prompt (the last one possibly cut)."""
+    return [Hit(h.id, h.score, f, h.source) for h, f in zip(hits, facts)]

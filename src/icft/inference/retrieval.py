@@ -1,0 +1,265 @@
+"""Retrieval from a run's long-term memory (and a user's knowledge file) at answer time.
+
+The LTM a run consolidated is a store of short facts the model was trained on; putting the ones nearest
+to a question into the prompt reminds the model of them (retrieval-augmented generation, Lewis et al.
+2020). Keys are sentence embeddings of each item's *input side* (`example_text`: a question, a text),
+the same embeddings the LTM already stores, so a query question is matched against stored questions.
+
+The prompt format is one "Context:" block of facts, one per line, ahead of the question::
+
+    Context: <fact 1>
+    <fact 2>
+    Question: <question>
+    Answer:
+
+For a qa item the fact is its question and answer, for text the text, for a preference pair the prompt and
+the chosen answer, for a dialogue the patient's turns and the doctor's reply. Facts are added best first
+while the prompt fits its token budget; the one that does not fit is cut to whole words, the rest dropped.
+The question (and the room for the answer) is never cut for context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.schema import Example
+from ..memory import Embedder, LongTermMemory, example_text
+
+# Exact search (one matrix product) is faster than building an index for small stores; past this size a
+# faiss index answers in the same time with less temporary memory.
+FAISS_THRESHOLD = 20_000
+MIN_CUT_WORDS = 4  # a fact cut to fewer words than this says nothing: drop it instead
+
+
+@dataclass
+class Fact:
+    id: str
+    text: str
+    source: str  # "memory" (the run's LTM) or "knowledge" (a --knowledge file)
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float  # cosine similarity of the query and the fact's key
+    text: str
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "score": round(self.score, 6), "source": self.source, "text": self.text}
+
+
+def fact_text(ex: Example) -> str:
+    """The short fact an example contributes to a Context block, on one line."""
+    if ex.kind == "text":
+        text = ex.text
+    elif ex.kind == "qa":
+        answer = ex.options[ex.answer] if ex.options else ex.answer
+        text = f"{ex.question} {answer}"
+    elif ex.kind == "preference":
+        text = f"{ex.prompt} {ex.chosen}"
+    elif ex.kind == "dialogue":
+        text = " ".join(t["content"] for t in ex.turns)
+    else:
+        raise ValueError(f"unknown kind {ex.kind!r}")
+    return " ".join(text.split())
+
+
+class Retriever:
+    """Top-k facts by cosine similarity: exact search for small stores, a faiss IndexFlatIP for large ones."""
+
+    def __init__(
+        self,
+        facts: list[Fact],
+        keys: np.ndarray,
+        embedder: Embedder | None = None,
+        faiss_threshold: int = FAISS_THRESHOLD,
+    ):
+        if len(facts) != len(keys):
+            raise ValueError(f"{len(facts)} facts but {len(keys)} key rows")
+        self.facts = facts
+        self.keys = _unit_rows(np.asarray(keys, dtype=np.float32).reshape(len(facts), -1))
+        self.embedder = embedder or Embedder()
+        self.index = None
+        if len(facts) >= faiss_threshold:
+            import faiss
+
+            self.index = faiss.IndexFlatIP(self.keys.shape[1])  # inner product of unit vectors = cosine
+            self.index.add(self.keys)
+
+    @classmethod
+    def from_sources(
+        cls,
+        memory_dir: str | Path | None = None,
+        knowledge: list[str] | None = None,
+        embedder: Embedder | None = None,
+        faiss_threshold: int = FAISS_THRESHOLD,
+    ) -> Retriever:
+        """A run's `memory/` folder and knowledge files (text and qa records, any format `load_data` reads)."""
+        from ..data.schema import DataError
+        from ..data.sources import load_data
+
+        embedder = embedder or Embedder()
+        facts: list[Fact] = []
+        keys: list[np.ndarray] = []
+        missing: list[tuple[int, str]] = []  # (fact index, text to embed) for items stored without a key
+        if memory_dir is not None:
+            for item in LongTermMemory.load(memory_dir).items():
+                if item.embedding is None:
+                    missing.append((len(facts), example_text(item.example)))
+                    keys.append(np.zeros(0, np.float32))
+                else:
+                    keys.append(np.asarray(item.embedding, np.float32))
+                facts.append(Fact(item.example.id, fact_text(item.example), "memory"))
+        records = load_data(list(knowledge), quiet=True) if knowledge else []
+        for ex in records:
+            if ex.kind not in ("text", "qa"):
+                raise DataError(ex.source, None, "kind", f"knowledge record {ex.id!r} is {ex.kind}: want text or qa")
+            missing.append((len(facts), example_text(ex)))
+            keys.append(np.zeros(0, np.float32))
+            facts.append(Fact(ex.id, fact_text(ex), "knowledge"))
+        if missing:
+            vectors = embedder.encode([text for _, text in missing])
+            for (i, _), vector in zip(missing, vectors):
+                keys[i] = vector
+        stacked = np.stack(keys) if keys else np.zeros((0, 384), np.float32)  # 384: all-MiniLM-L6-v2
+        return cls(facts, stacked, embedder, faiss_threshold)
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+    def search(self, queries: list[str], k: int, exclude: list[str | None] | None = None) -> list[list[Hit]]:
+        """The k best facts for each query; `exclude[i]` (an example id) is never returned for query i,
+        so an example that is itself in memory does not retrieve its own answer."""
+        if k <= 0 or not self.facts or not queries:
+            return [[] for _ in queries]
+        exclude = exclude or [None] * len(queries)
+        vectors = _unit_rows(self.embedder.encode(list(queries)))
+        want = min(k + 1, len(self.facts))
+        if self.index is not None:
+            scores, rows = self.index.search(vectors, want)
+        else:
+            all_scores = vectors @ self.keys.T
+            rows = np.argsort(-all_scores, axis=1, kind="stable")[:, :want]  # ties: the earlier fact
+            scores = np.take_along_axis(all_scores, rows, axis=1)
+        out = []
+        for row_ids, row_scores, skip in zip(rows, scores, exclude):
+            hits = [
+                Hit(self.facts[i].id, float(s), self.facts[i].text, self.facts[i].source)
+                for i, s in zip(row_ids, row_scores)
+                if i >= 0 and self.facts[i].id != skip
+            ]
+            out.append(hits[:k])
+        return out
+
+
+def context_block(facts: list[str]) -> str:
+    """'Context: f1\\nf2' (no trailing newline): the text qa_prompt puts after 'Context: '."""
+    return "Context: " + "\n".join(facts) if facts else ""
+
+
+def fit_facts(
+    facts: list[str], render: Callable[[list[str]], str], count: Callable[[str], int], budget: int
+) -> list[str]:
+    """The longest best-first list of facts whose rendered prompt has at most `budget` tokens.
+
+    `render(facts)` builds the whole prompt and `count` measures it, so every template and tokenizer is
+    measured exactly. The first fact that does not fit whole is cut to the most words that fit (binary
+    search), and the rest are dropped. With no facts the prompt is returned as is, however long.
+    """
+    kept: list[str] = []
+    for fact in facts:
+        if count(render(kept + [fact])) <= budget:
+            kept.append(fact)
+            continue
+        words = fact.split()
+        lo, hi = 0, len(words) - 1  # the largest prefix length that fits lies in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count(render(kept + [" ".join(words[:mid])])) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo >= MIN_CUT_WORDS:
+            kept.append(" ".join(words[:lo]))
+        break
+    return kept
+
+
+def with_context(ex: Example, facts: list[str]) -> Example:
+    """A copy of `ex` whose prompt starts with the Context block of `facts`.
+
+    qa: the block fills the template's context slot (an existing context, e.g. a PubMedQA abstract,
+    follows the facts). preference and dialogue templates have no context slot: the block opens the
+    question ("Question: Context: ...") / the last patient turn, the one being answered ("Patient: Context:
+    ..."), as `icft chat` and `icft serve` place it. text examples are returned unchanged (nothing is asked).
+    """
+    if not facts or ex.kind == "text":
+        return ex
+    lines = "\n".join(facts)
+    if ex.kind == "qa":
+        return dataclasses.replace(ex, context=lines + (f"\n{ex.context}" if ex.context else ""))
+    if ex.kind == "preference":
+        return dataclasses.replace(ex, prompt=f"{context_block(facts)}\n{ex.prompt}")
+    if ex.kind == "dialogue":
+        turns = [dict(t) for t in ex.turns]
+        last = max((i for i, t in enumerate(turns[:-1]) if t["role"] == "user"), default=0)
+        turns[last]["content"] = f"{context_block(facts)}\n{turns[last]['content']}"
+        return dataclasses.replace(ex, turns=turns)
+    raise ValueError(f"unknown kind {ex.kind!r}")
+
+
+def prompt_budget(tokenizer: Any, ex: Example, max_length: int, max_new_tokens: int) -> int:
+    """Prompt tokens allowed for `ex` so that its answer (longest candidate, or the generation room) fits."""
+    from ..data.formatting import candidates
+    from ..evaluation.evaluate import is_open_ended
+
+    bos = 1 if tokenizer.bos_token_id is not None else 0
+    if is_open_ended(ex):
+        answer = max_new_tokens
+    elif ex.kind in ("qa", "preference"):
+        _, options, _ = candidates(ex)
+        answer = max(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in options)
+    else:
+        answer = 0
+    return max_length - bos - answer
+
+
+def add_retrieved_context(
+    examples: list[Example], retriever: Retriever, k: int, tokenizer: Any, max_length: int, max_new_tokens: int = 48
+) -> tuple[list[Example], list[list[Hit]]]:
+    """Each example with its top-k retrieved facts in its prompt (fitted to `max_length`), and the hits used.
+
+    Scoring and generation both read prompts from the examples (`formatting`), so both see the context.
+    A hit whose fact was dropped to fit is not reported.
+    """
+    from ..data.formatting import prompt_and_target
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    askable = [ex for ex in examples if ex.kind != "text"]
+    found = retriever.search([example_text(ex) for ex in askable], k, exclude=[ex.id for ex in askable])
+    hits_by_id = {id(ex): hits for ex, hits in zip(askable, found)}
+    out_examples, out_hits = [], []
+    for ex in examples:
+        hits = hits_by_id.get(id(ex), [])
+        budget = prompt_budget(tokenizer, ex, max_length, max_new_tokens)
+        facts = fit_facts(
+            [h.text for h in hits], lambda fs, ex=ex: prompt_and_target(with_context(ex, fs))[0], count, budget
+        )
+        used = [dataclasses.replace(h, text=f) for h, f in zip(hits, facts)]
+        out_examples.append(with_context(ex, facts))
+        out_hits.append(used)
+    return out_examples, out_hits
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

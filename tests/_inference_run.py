@@ -1,0 +1,57 @@
+"""One tiny trained run shared by the tests/test_inference_*.py modules (trained once per session).
+
+A session fixture in one test module is not visible to the others without conftest.py, so the run is cached
+here, in a module every inference test imports: the first caller trains it, the rest reuse the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+_RUN: dict[str, Path] = {}
+
+QUESTIONS = [
+    {"id": "kb-france", "kind": "qa", "source": "kb", "question": "What is the capital of France?", "answer": "Paris"},
+    {"id": "kb-insulin", "kind": "text", "source": "kb",
+     "text": "Insulin is a hormone made by the pancreas that lowers blood glucose."},
+    {"id": "kb-aspirin", "kind": "qa", "source": "kb", "question": "Which drug is acetylsalicylic acid?",
+     "answer": "Aspirin"},
+]  # fmt: skip
+
+
+def trained_run(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, data: tuple[Path, Path]) -> Path:
+    """`icft train` on the tiny Llama and the staged fixture data, 6 steps: adapter, memory/, stage_eval.json."""
+    if "run" in _RUN:
+        return _RUN["run"]
+    from icft.cli import main
+
+    root = tmp_path_factory.mktemp("inference-run")
+    train, val = data
+    pairs = {
+        "model.name": str(model_dir), "model.max_length": 48, "data.train": f"[{train}]",
+        "data.validation": f"[{val}]", "train.max_steps": 6, "train.batch_size": 4, "train.log_every": 3,
+        "train.save_every": 6, "train.eval_max_examples": 4, "memory.ltm_capacity": 12,
+        "memory.stm_capacity": 8, "train.lr": 0.01,
+    }  # fmt: skip
+    args = [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
+    old = os.environ.get("ICFT_CACHE")
+    os.environ["ICFT_CACHE"] = str(root / "cache")
+    try:
+        assert main(["train", *args, "--output-dir", str(root / "run")]) == 0
+    finally:
+        if old is None:
+            os.environ.pop("ICFT_CACHE", None)
+        else:
+            os.environ["ICFT_CACHE"] = old
+    _RUN["run"] = root / "run"
+    return _RUN["run"]
+
+
+def knowledge_file(folder: Path) -> Path:
+    path = folder / "knowledge.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in QUESTIONS))
+    return path

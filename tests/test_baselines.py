@@ -1,0 +1,115 @@
+"""Trivial baselines and surface cheats, on hand-made items whose scores are worked out by hand."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from icft.data.schema import YES_NO_MAYBE, Example
+from icft.evaluation.baselines import (
+    bag_of_words,
+    cheat_rules,
+    cheat_scores,
+    expected_hit,
+    longest_option,
+    question_overlap,
+    trivial_baselines,
+)
+from icft.evaluation.evaluate import EvalResult, print_table
+
+
+def mc(i: int, options: list[str], answer: int, question: str = "Which one?") -> Example:
+    return Example(id=f"mc{i}", kind="qa", source="t", question=question, options=options, answer=answer)
+
+
+def yn(i: int, label: str) -> Example:
+    return Example(id=f"yn{i}", kind="qa", source="t", question="Is it?", options=list(YES_NO_MAYBE),
+                   answer=YES_NO_MAYBE.index(label))  # fmt: skip
+
+
+def pref(i: int, chosen: str = "good", rejected: str = "bad") -> Example:
+    return Example(id=f"p{i}", kind="preference", source="t", prompt="Which?", chosen=chosen, rejected=rejected)
+
+
+def test_multiple_choice_baselines():
+    # answers at positions 0, 0, 1, 2 of four options; no option text repeats
+    items = [mc(0, list("abcd"), 0), mc(1, list("efgh"), 0), mc(2, list("ijkl"), 1), mc(3, list("mn"), 1)]
+    out = trivial_baselines(items)
+    assert out["random"]["accuracy"] == pytest.approx((0.25 * 3 + 0.5) / 4)
+    assert out["position-prior"]["accuracy"] == pytest.approx(0.5)  # position 0 (tied with 1, lowest wins)
+    assert out["majority"]["accuracy"] == pytest.approx(0.5)  # no repeated texts: the best position
+    assert "macro_f1" not in out["random"] and "preference_accuracy" not in out["random"]
+
+
+def test_majority_uses_a_repeated_option_text():
+    # "none of these" is offered three times and right twice, at varying positions: 2/3 hits where offered
+    items = [
+        mc(0, ["x", "none of these"], 1), mc(1, ["none of these", "y"], 0),
+        mc(2, ["z", "none of these"], 0), mc(3, ["u", "v"], 0),
+    ]  # fmt: skip
+    out = trivial_baselines(items)
+    # offered: items 0, 1, 2 -> hits on 0 and 1; item 3 falls back to the best position (0) -> hit
+    assert out["majority"]["accuracy"] == pytest.approx(3 / 4)
+    assert out["position-prior"]["accuracy"] == pytest.approx(3 / 4)  # position 0: items 1, 2, 3
+
+
+def test_yes_no_maybe_baselines():
+    items = [yn(0, "yes"), yn(1, "yes"), yn(2, "yes"), yn(3, "no"), yn(4, "maybe"), yn(5, "no")]
+    out = trivial_baselines(items)
+    assert out["random"]["accuracy"] == pytest.approx(1 / 3)
+    assert out["random"]["recall_yes"] == pytest.approx(1 / 3)
+    # expected counts: F1_l = 2 n_l / (3 n_l + n): yes 6/15, no 4/12, maybe 2/9
+    assert out["random"]["macro_f1"] == pytest.approx((6 / 15 + 4 / 12 + 2 / 9) / 3)
+    # always "yes": accuracy 3/6; F1(yes) = 2*3/(2*3+3+0) = 2/3, F1(no) = F1(maybe) = 0
+    assert out["majority"]["accuracy"] == pytest.approx(0.5)
+    assert out["majority"]["macro_f1"] == pytest.approx((2 / 3 + 0 + 0) / 3)
+    assert out["majority"]["recall_yes"] == 1.0 and out["majority"]["recall_no"] == 0.0
+    assert out["position-prior"]["accuracy"] == pytest.approx(0.5)
+
+
+def test_preference_baselines_are_one_half_and_mixed_items_pool():
+    items = [pref(0), pref(1), yn(0, "no"), mc(0, list("abcd"), 3)]
+    out = trivial_baselines(items)
+    assert {out[b]["preference_accuracy"] for b in out} == {0.5}
+    assert out["random"]["accuracy"] == pytest.approx((1 / 3 + 1 / 4) / 2)
+    # majority: yes/no/maybe items answer their majority label ("no"), others the best position (3)
+    assert out["majority"]["accuracy"] == pytest.approx(1.0)
+    assert trivial_baselines([Example(id="t", kind="text", source="t", text="hi")]) == {}
+
+
+def test_cheats_on_hand_made_items():
+    long_right = mc(0, ["a", "the longest option"], 1)
+    assert longest_option(long_right) == [1.0, 18.0]
+    echo = mc(1, ["kidney stones", "gout"], 0, question="What causes kidney pain?")
+    assert question_overlap(echo) == [1.0, 0.0]  # "kidney"
+    assert expected_hit([1.0, 1.0, 0.0], 0) == pytest.approx(0.5)  # a tie shares the hit
+    assert expected_hit([1.0, 2.0], 0) == 0.0
+    # a preference pair's stored order is invisible: the first-option cheat scores 1/2, not 1
+    train = [pref(0), mc(2, ["yes sir", "no"], 0)]
+    scores = cheat_scores(cheat_rules(train), [pref(1), long_right, echo])
+    assert scores["first option"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert scores["chance"] == pytest.approx(0.5)
+
+
+def test_bag_of_words_learns_a_planted_cue():
+    # every right option says "certainly": the classifier must find it on new items
+    train = [mc(i, [f"certainly w{i}", f"x{i}", f"y{i}", f"z{i}"], 0) for i in range(30)]
+    rule = bag_of_words(train)
+    test = mc(99, ["p", "q", "certainly r", "s"], 2)
+    assert expected_hit(rule(test), 2) == 1.0
+
+
+def test_print_table_shows_baselines_next_to_the_model():
+    items = [yn(0, "yes"), yn(1, "no"), pref(0)]
+    result = EvalResult(metrics={"accuracy": 0.5, "macro_f1": 0.4, "preference_accuracy": 1.0}, n_examples=3)
+    out = io.StringIO()
+    print_table({"f.jsonl": result}, file=out, examples={"f.jsonl": items})
+    lines = out.getvalue().splitlines()
+    assert lines[2].startswith("f.jsonl ")
+    assert [line.split()[0] for line in lines[3:]] == ["f.jsonl"] * 3
+    assert "[random]" in lines[3] and "[majority]" in lines[4] and "[position-prior]" in lines[5]
+    assert "0.5000" in lines[3]  # random preference accuracy
+    plain = io.StringIO()
+    print_table({"f.jsonl": result}, file=plain)
+    assert len(plain.getvalue().splitlines()) == 3

@@ -1,0 +1,107 @@
+"""`icft export`: merged models load with AutoModelForCausalLM alone and give the adapter's logits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from _inference_run import trained_run
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from icft.cli import main
+from icft.models import load_trained
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_llama_dir, staged_data):
+    return trained_run(tmp_path_factory, tiny_llama_dir, staged_data)
+
+
+@pytest.fixture(scope="module")
+def minilm_run(tmp_path_factory, run):
+    """A run folder on the embedded default: its LoRA layout (query/value + the head transform), non-zero weights."""
+    from peft import LoraConfig, get_peft_model
+
+    from icft.models import extra_trainable_modules, load_model, lora_target_modules
+
+    folder = tmp_path_factory.mktemp("minilm-run")
+    model, tokenizer = load_model("minilm-decoder")
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_modules(model),
+                                                  modules_to_save=extra_trainable_modules(model),
+                                                  task_type="CAUSAL_LM"))  # fmt: skip
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:  # LoRA A and B, and the trained copy of the transform
+                p.add_(torch.randn_like(p) * 0.05)
+    peft_model.save_pretrained(folder / "adapter")
+    tokenizer.save_pretrained(folder / "adapter")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["name"] = "minilm-decoder"
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(run / "memory", folder / "memory")
+    for name in ("stage_eval.json", "summary.json"):
+        shutil.copy(run / name, folder / name)
+    (folder / "eval.json").write_text(json.dumps({"test.jsonl": {"accuracy": 0.5, "n_examples": 8}}))
+    return folder
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer(["Question: What is asthma?\nAnswer: a lung disease", "Patient: I cough.\nDoctor:"],
+                      return_tensors="pt", padding=True, add_special_tokens=False)  # fmt: skip
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+def test_merged_embedded_default_loads_without_icft(minilm_run, tmp_path):
+    out = tmp_path / "merged"
+    assert main(["export", "--run", str(minilm_run), "--output", str(out), "--merge"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertLMHeadModel"] and config["is_decoder"] is True
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert type(merged).__name__ == "BertLMHeadModel"
+    assert tokenizer.eos_token == "[SEP]" and merged.generation_config.eos_token_id == tokenizer.sep_token_id
+    reference, ref_tokenizer = load_trained(minilm_run)
+    base, _ = load_trained(minilm_run)
+    with base.disable_adapter():
+        untrained = _logits(base, ref_tokenizer)
+    expected = _logits(reference, ref_tokenizer)
+    assert (_logits(merged, tokenizer) - expected).abs().max().item() <= 1e-4
+    assert (untrained - expected).abs().max().item() > 1e-2  # the adapter does change the model
+
+    card = (out / "README.md").read_text()
+    for needed in ("Base model: `minilm-decoder`", "| after \\ on |", "forgetting", "Not a source of medical advice",
+                   "accuracy 0.5000", "## Run configuration", "training: ",
+                   "examples; by source: fixture-"):  # fmt: skip
+        assert needed in card, needed
+    assert (out / "memory" / "memory.jsonl").read_text() == (minilm_run / "memory" / "memory.jsonl").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_adapter_export_and_llama_merge(run, tiny_llama_dir, tmp_path, capsys):
+    from peft import PeftModel
+
+    from icft.models import load_model
+
+    out = tmp_path / "adapter"
+    assert main(["export", "--run", str(run), "--output", str(out)]) == 0
+    meta = json.loads((out / "icft_export.json").read_text())
+    assert meta["format"] == "adapter" and meta["base_model"] == str(tiny_llama_dir)
+    assert (out / "adapter_model.safetensors").exists() and (out / "memory" / "tensors.pt").exists()
+    base, tokenizer = load_model(meta["base_model"])
+    expected = _logits(load_trained(run)[0], tokenizer)
+    assert torch.allclose(_logits(PeftModel.from_pretrained(base, out), tokenizer), expected, atol=1e-6)
+
+    # a second export replaces the first; a folder that is not an export is never overwritten
+    assert main(["export", "--run", str(run), "--output", str(out), "--merge"]) == 0
+    assert (_logits(AutoModelForCausalLM.from_pretrained(out), tokenizer) - expected).abs().max() <= 1e-4
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    assert main(["export", "--run", str(run), "--output", str(precious)]) == 2
+    assert "not an earlier icft export" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
