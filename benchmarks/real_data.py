@@ -7,6 +7,9 @@ Stages, from the files in ../shared/data (read in place, never copied):
 Held out, by a hash of the id (MedQuAD: of the focus, so test documents are on topics never trained on):
   PubMedQA 20%, MMLU-medical 40%, MedQuAD 5% of foci; preference pairs on held-out PubMedQA questions are
   dropped from training too. Validation (for the stage accuracy matrix) is a further slice of training data.
+Beside the methods, the table shows what needs no model on the same test items: a uniform random guess, the
+majority label (PubMedQA: one constant answer, with its macro-F1 and per-label recall) and the best option
+position (MMLU), so a score can be read against its floor.
 
     python benchmarks/real_data.py --data ../shared/data --steps 150 --json real_data.json
 """
@@ -27,11 +30,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from icft.config import load_config  # noqa: E402
 from icft.data.loaders import load_examples  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
+from icft.evaluation.baselines import model_label_recalls, trivial_baselines  # noqa: E402
 from icft.evaluation.evaluate import evaluate_examples  # noqa: E402
 from icft.io import write_jsonl  # noqa: E402
-from icft.models import load_model, load_trained  # noqa: E402
+from icft.models import load_model  # noqa: E402
 from icft.recipes.compare import method_config  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
+from icft.runs import load_run  # noqa: E402
+
+METRICS = ("accuracy", "accuracy_norm", "macro_f1", "recall_yes", "recall_no", "recall_maybe", "rougeL")
 
 
 def bucket(key: str) -> int:
@@ -109,25 +116,32 @@ def main() -> int:
             model, tokenizer = load_model(config.model.name)
         else:
             train(config, work / method)
-            model, tokenizer = load_trained(work / method)
+            model, tokenizer = load_run(work / method)
         row = {"train_s": time.perf_counter() - start}
         for name, examples in split["test"].items():
-            m = evaluate_examples(model, tokenizer, examples, max_length=args.max_length, progress=False).metrics
-            for key in ("accuracy", "accuracy_norm", "macro_f1", "rougeL"):
-                if key in m:
-                    row[f"{name}/{key}"] = m[key]
+            result = evaluate_examples(model, tokenizer, examples, max_length=args.max_length, progress=False)
+            m = {**result.metrics, **model_label_recalls(examples, result.errors)}
+            row.update({f"{name}/{key}": m[key] for key in METRICS if key in m})
         results[method] = row
         print(method, json.dumps(row), flush=True)
+    for name, examples in split["test"].items():  # no model: the same items, answered by rule
+        for baseline, values in trivial_baselines(examples).items():
+            results.setdefault(f"{baseline} (trivial)", {}).update({f"{name}/{k}": values[k] for k in METRICS
+                                                                    if k in values})  # fmt: skip
 
-    keys = [k for k in results[next(iter(results))] if k != "train_s"]
+    keys = list(dict.fromkeys(k for row in results.values() for k in row if k != "train_s"))
     print(f"\nReal data, {args.model}, {args.steps} steps, seed {args.seed}; test: "
           + ", ".join(f"{k} {len(v)}" for k, v in split["test"].items()))  # fmt: skip
     print("| metric | " + " | ".join(results) + " |\n|---|" + "---|" * len(results))
     for key in keys + ["train_s"]:
-        print(f"| {key} | " + " | ".join(f"{results[m].get(key, float('nan')):.3f}" for m in results) + " |")
+        print(f"| {key} | " + " | ".join(_cell(results[m].get(key)) for m in results) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from icft.data.commands import percentile, stats, validate
+from icft.data_commands import percentile, stats, validate
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
 

@@ -12,7 +12,7 @@ from _inference_run import trained_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from icft.cli import main
-from icft.models import load_trained
+from icft.runs import load_run
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def test_merged_embedded_default_loads_without_icft(minilm_run, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert type(merged).__name__ == "BertLMHeadModel"
     assert tokenizer.eos_token == "[SEP]" and merged.generation_config.eos_token_id == tokenizer.sep_token_id
-    reference, ref_tokenizer = load_trained(minilm_run)
-    base, _ = load_trained(minilm_run)
+    reference, ref_tokenizer = load_run(minilm_run, device="cpu")
+    base, _ = load_run(minilm_run, device="cpu")
     with base.disable_adapter():
         untrained = _logits(base, ref_tokenizer)
     expected = _logits(reference, ref_tokenizer)
@@ -93,7 +93,7 @@ def test_adapter_export_and_llama_merge(run, tiny_llama_dir, tmp_path, capsys):
     assert meta["format"] == "adapter" and meta["base_model"] == str(tiny_llama_dir)
     assert (out / "adapter_model.safetensors").exists() and (out / "memory" / "tensors.pt").exists()
     base, tokenizer = load_model(meta["base_model"])
-    expected = _logits(load_trained(run)[0], tokenizer)
+    expected = _logits(load_run(run, device="cpu")[0], tokenizer)
     assert torch.allclose(_logits(PeftModel.from_pretrained(base, out), tokenizer), expected, atol=1e-6)
 
     # a second export replaces the first; a folder that is not an export is never overwritten

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
-        from .data import commands
+        from . import data_commands as commands
 
         if args.data_command == "validate":
             return commands.validate(args.paths)

@@ -50,6 +50,7 @@ class PeftConfig:
     alpha: int = at_least(16, 1)
     dropout: float = between(0.05, 0.0, 1.0, high_open=True)
     target_modules: list[str] | str | None = None  # None or "attention": per architecture; "all-linear"; or names
+    quantization: str = choice("none", ("none", "4bit"))  # 4bit: QLoRA (bitsandbytes, CUDA GPUs only)
 
 
 @dataclass
@@ -88,6 +89,10 @@ class MemoryConfig:
     selection: str = choice("herding", SELECTIONS)
     consolidate_every: int = at_least(0, 0)  # also consolidate every N steps (0: only at stage ends)
     teacher_top_k: int = at_least(16, 1)  # top-k output distribution stored per target token
+    # The consistency teacher: "stored" outputs at consolidation (ICFT), or "ema", an exponential moving
+    # average of the adapter run on the replayed items (I-LoRA / CLS-ER; one more forward pass a step).
+    teacher: str = choice("stored", ("stored", "ema"))
+    ema_decay: float = between(0.99, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -95,6 +100,7 @@ class LossConfig:
     task: float = at_least(1.0, 0.0)  # w_t: supervised loss on the current batch
     consistency: float = at_least(1.0, 0.0)  # w_c: KL to the stored outputs on replayed LTM examples
     finetune: float = at_least(1.0, 0.0)  # w_f: language-modelling loss on replayed memory examples
+    ewc: float = at_least(0.0, 0.0)  # lambda of elastic weight consolidation on the adapter (a baseline; 0: off)
 
 
 @dataclass
@@ -112,6 +118,7 @@ class TrainConfig:
     mixed_precision: str = choice("no", ("no", "fp16", "bf16"))  # through accelerate; bf16 also on CPU
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
     eval_max_examples: int = at_least(200, 0)  # per stage, for the after-stage accuracy matrix (0: skip it)
+    eval_every: int = at_least(0, 0)  # also measure every stage's validation items every N steps (learning curves)
 
 
 @dataclass

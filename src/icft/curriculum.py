@@ -59,13 +59,13 @@ def rarity_score(examples: list[Example]) -> np.ndarray:
 
 
 def model_loss_score(
-    examples: list[Example], model, tokenizer, max_length: int = 256, batch_size: int = 32
+    examples: list[Example], model, tokenizer, max_length: int = 256, batch_size: int = 32, template: str = "plain"
 ) -> np.ndarray:
     """Raw: the model's mean per-token negative log-likelihood of each target given its prompt."""
     from .likelihood import answer_nll  # torch-heavy; only this scorer needs it
 
-    pairs = [prompt_and_target(ex) for ex in examples]
-    return np.array(answer_nll(model, tokenizer, pairs, max_length, batch_size), dtype=np.float64)
+    pairs = [prompt_and_target(ex, tokenizer, template) for ex in examples]
+    return np.array(answer_nll(model, tokenizer, pairs, max_length, batch_size, template), dtype=np.float64)
 
 
 def normalise(raw: np.ndarray) -> np.ndarray:
@@ -80,13 +80,13 @@ def normalise(raw: np.ndarray) -> np.ndarray:
     return avg_rank[inverse.reshape(-1)] / (n - 1)
 
 
-def _cache_key(examples: list[Example], weights: dict[str, float], model_name: str) -> str:
+def _cache_key(examples: list[Example], weights: dict[str, float], model_name: str, template: str) -> str:
     h = hashlib.sha256()
     for ex in examples:
         prompt, target = prompt_and_target(ex)
         h.update(json.dumps([ex.id, prompt, target]).encode("utf-8"))
     h.update(json.dumps(sorted((k, float(v)) for k, v in weights.items())).encode("utf-8"))
-    h.update(json.dumps(model_name).encode("utf-8"))
+    h.update(json.dumps([model_name, template]).encode("utf-8"))
     return h.hexdigest()
 
 
@@ -97,6 +97,7 @@ def difficulty_scores(
     tokenizer=None,
     cache_dir: str | Path | None = None,
     model_name: str = "",
+    template: str = "plain",
 ) -> np.ndarray:
     """Weighted mean of the rank-normalised scorers with weight > 0, in [0, 1]; cached in cache_dir."""
     for name, w in weights.items():
@@ -110,7 +111,7 @@ def difficulty_scores(
 
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{_cache_key(examples, weights, model_name)}.npy"
+        path = Path(cache_dir) / f"{_cache_key(examples, weights, model_name, template)}.npy"
         if path.exists():
             cached = np.load(path)
             if cached.shape == (len(examples),):
@@ -125,7 +126,7 @@ def difficulty_scores(
         elif name == "rarity":
             raw = rarity_score(examples)
         else:
-            raw = model_loss_score(examples, model, tokenizer)
+            raw = model_loss_score(examples, model, tokenizer, template=template)
         total += w * normalise(raw)
     scores = total / sum(active.values())
 

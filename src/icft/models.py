@@ -68,19 +68,6 @@ def load_model(
     return model, tokenizer
 
 
-def load_trained(run_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model an `icft train` run produced: its base model plus `adapter/`, or `model/` (full fine-tuning)."""
-    run_dir = Path(run_dir)
-    if (run_dir / "model").is_dir():
-        return load_model(str(run_dir / "model"))
-    import yaml
-    from peft import PeftModel
-
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    model, tokenizer = load_model(config["model"]["name"])
-    return PeftModel.from_pretrained(model, str(run_dir / "adapter")), tokenizer
-
-
 def _load_minilm_decoder() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import BertLMHeadModel
     from transformers.utils import logging

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .io import write_jsonl
 
-LOSS_PARTS = ("total", "task", "consistency", "finetune")
+LOSS_PARTS = ("total", "task", "consistency", "finetune", "ewc")
 
 
 class ProgressDisplay:

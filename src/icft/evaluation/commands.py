@@ -48,32 +48,48 @@ def eval_command(
         if run_dir and model:
             raise _BadInput("give either a run directory (--run) or a model (--model), not both")
         datasets = _load_data(data, max_examples)
-        net, tokenizer = _load_run(Path(run_dir)) if run_dir else _load_base(model)
+        net, tokenizer, template = load_for_eval(run_dir, model)
         retrieved: dict[str, list] = {}
         if retrieve or knowledge:
             from ..inference.commands import retrieve_for_eval
 
             datasets, retrieved = retrieve_for_eval(datasets, net, tokenizer, run_dir, knowledge, retrieve)
-    except (_BadInput, ValueError) as error:  # ValueError: nothing to retrieve from, a bad knowledge file
+    except (_BadInput, ValueError, FileNotFoundError) as error:  # ValueError: nothing to retrieve from, etc.
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    from ..memory import Embedder
     from .evaluate import evaluate_examples, is_open_ended, print_table
 
     # The sentence embedder is only needed to compare generated answers to references.
-    embedder = _embedder() if any(is_open_ended(ex) for exs in datasets.values() for ex in exs) else None
+    embedder = Embedder() if any(is_open_ended(ex) for exs in datasets.values() for ex in exs) else None
     results = {
-        name: evaluate_examples(net, tokenizer, examples, embedder=embedder, batch_size=batch_size)
+        name: evaluate_examples(net, tokenizer, examples, embedder=embedder, batch_size=batch_size, template=template)
         for name, examples in datasets.items()
     }
     for result in results.values():
         for error in result.errors:
             if error["id"] in retrieved:
                 error["retrieved"] = retrieved[error["id"]]
-    print_table(results)
+    print_table(results, examples=datasets)
     _print_breakdowns(results)
     _write_outputs(results, json_path, output_dir)
     return 0
+
+
+def load_for_eval(run_dir: str | None, model: str | None) -> tuple[Any, Any, str]:
+    """(model, tokenizer, prompt template) of a run (its config's data.template) or a base model (auto)."""
+    from ..data.formatting import resolve_template
+    from ..models import EMBEDDED_DEFAULT
+    from ..runs import load_base, load_run, run_config
+
+    if run_dir:
+        net, tokenizer = load_run(run_dir)
+        setting = run_config(run_dir).get("data", {}).get("template", "auto")
+    else:
+        net, tokenizer = load_base(model or EMBEDDED_DEFAULT)
+        setting = "auto"
+    return net, tokenizer, resolve_template(tokenizer, setting)
 
 
 def _load_data(paths: list[str], max_examples: int | None) -> dict[str, list[Example]]:
@@ -83,64 +99,6 @@ def _load_data(paths: list[str], max_examples: int | None) -> dict[str, list[Exa
         return load_files(paths, max_examples)
     except (DataError, OSError) as error:
         raise _BadInput(str(error)) from None
-
-
-def _load_base(name: str | None) -> tuple[Any, Any]:
-    from ..models import EMBEDDED_DEFAULT, load_model
-
-    name = name or EMBEDDED_DEFAULT
-    try:
-        model, tokenizer = load_model(name)
-    except (OSError, ValueError) as error:  # transformers reports a bad model folder as either
-        raise _BadInput(f"could not load model '{name}': {error}") from None
-    return _to_best_device(model), tokenizer
-
-
-def _load_run(run_dir: Path) -> tuple[Any, Any]:
-    """The base model named in the run's config.yaml, with the run's adapter on top."""
-    import yaml
-
-    config_path, adapter = run_dir / "config.yaml", run_dir / "adapter"
-    if not run_dir.is_dir():
-        raise _BadInput(f"{run_dir}: run directory not found")
-    if not config_path.is_file():
-        raise _BadInput(f"{config_path}: not found (is {run_dir} a training run directory?)")
-    try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise _BadInput(f"{config_path}: invalid YAML: {error}") from None
-    model_config = config.get("model") if isinstance(config, dict) else None
-    name = model_config.get("name") if isinstance(model_config, dict) else None
-    if not isinstance(name, str) or not name:
-        raise _BadInput(f"{config_path}: field 'model.name' missing (the adapter's base model)")
-    if (run_dir / "model").is_dir():  # a full fine-tuning run saves the whole model
-        model, tokenizer = _load_base(str(run_dir / "model"))
-        return _to_best_device(model), tokenizer
-    if not adapter.is_dir():
-        raise _BadInput(f"{adapter}: adapter not found (did the run finish?)")
-    model, tokenizer = _load_base(name)
-
-    from peft import PeftModel
-
-    try:
-        model = PeftModel.from_pretrained(model, str(adapter))
-    except (OSError, ValueError, KeyError) as error:
-        raise _BadInput(f"{adapter}: could not load the adapter onto '{name}': {error}") from None
-    return _to_best_device(model), tokenizer
-
-
-def _to_best_device(model: Any) -> Any:
-    import torch
-
-    return model.to("cuda") if torch.cuda.is_available() else model
-
-
-def _embedder() -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    from ..models import embedded_model_path
-
-    return SentenceTransformer(str(embedded_model_path()), device="cpu")
 
 
 def _print_breakdowns(results: dict[str, Any]) -> None:

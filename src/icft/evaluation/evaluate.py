@@ -73,21 +73,26 @@ def evaluate_examples(
     batch_size: int = 32,
     max_new_tokens: int = 48,
     progress: bool = True,
+    template: str = "plain",
 ) -> EvalResult:
-    """Every metric the examples allow (see the module docstring); the model is left in its former mode."""
+    """Every metric the examples allow (see the module docstring); the model is left in its former mode.
+
+    `template` is the prompt format the model was trained with (data/formatting.py): scoring and generation
+    prompts use it; references stay plain text.
+    """
     max_length = context_limit(model, max_length)
     metrics: dict[str, Any] = {}
 
     scorable = [ex for ex in examples if is_scorable(ex)]
-    scores = score_choices(model, tokenizer, scorable, max_length, batch_size, progress) if scorable else []
+    scores = (score_choices(model, tokenizer, scorable, max_length, batch_size, progress, template=template)
+              if scorable else [])  # fmt: skip
     metrics.update(_choice_metrics(scores))
 
     open_ended = [ex for ex in examples if is_open_ended(ex)]
     if open_ended:
-        prompts = [prompt_and_target(ex)[0] for ex in open_ended]
-        hyps = generate_answers(
-            model, tokenizer, prompts, max_new_tokens, batch_size, max_length=max_length, progress=progress
-        )
+        prompts = [prompt_and_target(ex, tokenizer, template)[0] for ex in open_ended]
+        hyps = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, max_length=max_length,
+                                progress=progress, template=template)  # fmt: skip
         metrics.update(generation_metrics(hyps, [reference(ex) for ex in open_ended], embedder))
 
     texts = [ex.text for ex in examples if ex.kind == "text"]

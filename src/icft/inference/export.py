@@ -60,9 +60,9 @@ def _run_config(run: Path) -> dict[str, Any]:
 
 
 def _save_merged(run: Path, folder: Path) -> None:
-    from ..models import load_trained
+    from ..runs import load_run
 
-    model, tokenizer = load_trained(run)
+    model, tokenizer = load_run(run, device="cpu")
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     # A standalone model should stop where icft's generation stops: at the tokenizer's EOS ([SEP] for BERT).

@@ -104,15 +104,16 @@ class Engine:
         max_length: int = DEFAULT_MAX_LENGTH,
     ) -> Engine:
         """`--run DIR` (base model + adapter, its memory for retrieval) or `--model NAME` (a base model)."""
-        from ..evaluation.commands import _BadInput, _load_base, _load_run
+        from ..models import EMBEDDED_DEFAULT
+        from ..runs import load_base, load_run
 
         if run and model:
             raise InputError("give either a run directory (--run) or a model (--model), not both")
         if retrieve_k < 0:
             raise InputError(f"--retrieve must be >= 0, got {retrieve_k}")
         try:
-            net, tokenizer = _load_run(Path(run)) if run else _load_base(model)
-        except _BadInput as error:
+            net, tokenizer = load_run(run) if run else load_base(model or EMBEDDED_DEFAULT)
+        except (FileNotFoundError, ValueError) as error:
             raise InputError(str(error)) from None
         retriever = load_retriever(run, knowledge, retrieve_k)
         default_name = Path(run).resolve().name if run else (model or "minilm-decoder")

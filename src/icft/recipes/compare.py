@@ -1,23 +1,35 @@
-"""Compare ICFT with baselines: same data, step budget and seeds; mean and std over seeds.
+"""Compare ICFT with baselines: same data, step budget and seeds; mean and std over seeds, paired statistics.
 
 Methods (each a set of config overrides on the same base config, so the comparison is a config diff):
-- base:            the untrained model
-- full-ft:         all data mixed, every weight trained
-- lora-mixed:      all stages shuffled together, LoRA
-- lora-sequential: stages in order, no pacing, no memory
-- lora-curriculum: stages in order with competence pacing, no memory
-- lora-memory:     stages in order without pacing, with STM/LTM replay and the consistency loss
-- icft:            pacing and memory: the full method
+- base:                the untrained model
+- full-ft:             all data mixed, every weight trained
+- lora-mixed:          all stages shuffled together, LoRA
+- lora-sequential:     stages in order, no pacing, no memory
+- lora-curriculum:     stages in order with competence pacing, no memory
+- lora-memory:         stages in order without pacing, with STM/LTM replay and the consistency loss
+- lora-ewc:            stages in order, no pacing, no memory; an EWC penalty keeps the adapter near earlier stages
+- lora-ilora:          stages in order, no pacing; LTM replay with an EMA teacher for the consistency loss, no STM
+                       (I-LoRA-style)
+- lora-mixed-memory:   all stages shuffled together, with the memory: is it the order or the memory that helps?
+- icft:                pacing and memory: the full method
+- icft-no-consistency: icft without the consistency loss (replay only)
+- icft-no-stm:         icft without short-term replay
+- icft-no-ltm:         icft without long-term replay
+- icft-no-pacing:      icft without pacing; the same config as lora-memory, kept under its ablation name
 
-Test data (default: the bundled test split) holds only conditions never trained on, so every test
-figure is also a generalisation figure. Nothing here is tuned on test data.
+Test data: one or more files (default the bundled test-retention and test-unseen), each evaluated and
+reported on its own. Nothing here is tuned on test data.
+
+Each method/seed run folder (<output>/<method>/seed<N>) ends with `items.json` (every test item's score, so
+statistics can pair items across methods and seeds) and then `result.json`, written last: a folder with
+`result.json` is a finished run, kept when `icft compare` runs again on the same output folder; one with
+checkpoints and no `result.json` was interrupted, and resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import multiprocessing
 import os
 import random
@@ -25,9 +37,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from ..config import RunConfig, save_config
+import yaml
+
+from ..config import RunConfig, check, save_config
 from ..data.schema import Example
 from ..data.sources import load_data
+from ..errors import ConfigError
+from ..evaluation.baselines import trivial_baselines
+from ..evaluation.report import below_baselines, difference_table, mean_std, plots, report_markdown, results_table
+from ..evaluation.statistics import CONFIDENCE, N_RESAMPLES, compare_to
 from ..io import write_json, write_text
 
 METHOD_OVERRIDES: dict[str, dict[str, object]] = {
@@ -37,38 +55,36 @@ METHOD_OVERRIDES: dict[str, dict[str, object]] = {
     "lora-sequential": {"curriculum.pacing": "none", "memory.enabled": False},
     "lora-curriculum": {"memory.enabled": False},
     "lora-memory": {"curriculum.pacing": "none", "memory.enabled": True},
+    "lora-ewc": {"curriculum.pacing": "none", "memory.enabled": False, "loss.ewc": 100.0},
+    "lora-ilora": {"curriculum.pacing": "none", "memory.enabled": True, "memory.teacher": "ema",
+                   "memory.stm_replay": 0.0},  # fmt: skip
+    "lora-mixed-memory": {"curriculum.order": "mixed", "memory.enabled": True},
     "icft": {"memory.enabled": True},
+    "icft-no-consistency": {"memory.enabled": True, "loss.consistency": 0.0},
+    "icft-no-stm": {"memory.enabled": True, "memory.stm_replay": 0.0},
+    "icft-no-ltm": {"memory.enabled": True, "memory.ltm_replay": 0.0},
+    "icft-no-pacing": {"curriculum.pacing": "none", "memory.enabled": True},  # = lora-memory
 }
-# Figures of the report, in this order: (key, label, higher is better).
-REPORT_METRICS = [
-    ("accuracy", "MC accuracy (test)", True),
-    ("accuracy_norm", "MC accuracy, length-norm. (test)", True),
-    ("preference_accuracy", "preference accuracy (test)", True),
-    ("general_accuracy", "general-domain accuracy (test)", True),
-    ("rougeL", "ROUGE-L (test)", True),
-    ("bleu", "BLEU (test)", True),
-    ("embedding_similarity", "MiniLM cosine (test)", True),
-    ("error_rate", "error rate (test)", False),
-    ("average_accuracy", "avg. stage accuracy (val)", True),
-    ("forgetting", "forgetting (val)", False),
-    ("backward_transfer", "backward transfer (val)", True),
-    ("trainable_params", "trainable parameters", None),
-    ("peak_rss_mb", "peak memory (MB)", False),
-    ("wall_s", "train wall time (s)", False),
-]
+REFERENCE = "icft"  # the method the paired differences are taken from
+# compare keys that choose which runs happen, not what a run does: they may change between a run and its resume.
+SCHEDULING_KEYS = ("compare.methods", "compare.seeds", "compare.jobs")
 
 
 def method_config(config: RunConfig, method: str, seed: int) -> RunConfig:
     if method not in METHOD_OVERRIDES:
-        raise ValueError(f"unknown method '{method}' (known: {', '.join(METHOD_OVERRIDES)})")
+        known = ", ".join(METHOD_OVERRIDES)
+        raise ConfigError(f"config key 'compare.methods': unknown method '{method}' (known: {known})")
     out = copy.deepcopy(config)
     for key, value in METHOD_OVERRIDES[method].items():
         section, name = key.split(".")
+        if not hasattr(getattr(out, section), name):  # setattr would add it silently, and nothing would read it
+            raise ConfigError(f"method '{method}' sets config key '{key}', which this version does not have")
         setattr(getattr(out, section), name, value)
     if method == "full-ft":
         out.train.lr = config.compare.full_ft_lr
     out.train.seed = seed
     out.name = f"{config.name}-{method}-seed{seed}"
+    check(out)  # the overrides go through the same checks as the config itself
     return out
 
 
@@ -88,47 +104,127 @@ def limit_per_kind(examples: list[Example], n: int) -> list[Example]:
     return out
 
 
-def evaluate_run(model, tokenizer, test: list[Example], embedder, config: RunConfig) -> dict[str, float]:
-    from ..evaluation.evaluate import evaluate_examples
-
-    result = evaluate_examples(model, tokenizer, test, embedder=embedder, max_length=config.model.max_length,
-                               max_new_tokens=24, progress=False)  # fmt: skip
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    by = result.metrics.get("accuracy_by", {})
-    if "source=icft-general" in by:
-        metrics["general_accuracy"] = by["source=icft-general"]
-    scorable = sum(1 for ex in test if ex.kind == "preference" or ex.options)
-    metrics["error_rate"] = len([e for e in result.errors if e.get("kind") != "generation"]) / max(1, scorable)
-    return metrics
+def test_label(spec: str) -> str:
+    """The short name a test file is reported under: bundled:test-retention -> retention, data/x.jsonl -> x."""
+    name = spec.split(":", 1)[1] if spec.startswith("bundled:") else Path(spec).stem
+    return name.removeprefix("test-") or name
 
 
-def run_method(config: RunConfig, method: str, seed: int, output_dir: Path) -> dict:
-    """Train one method with one seed (nothing for `base`), then evaluate it on the test data.
+def test_sets(config: RunConfig) -> dict[str, list[Example]]:
+    """Each test file's examples (the same fixed sample for every method and seed), by its label."""
+    labels = [test_label(spec) for spec in config.compare.test]
+    if len(set(labels)) < len(labels):  # two files with one short name: the full names tell them apart
+        labels = list(config.compare.test)
+    return {label: limit_per_kind(load_data([spec], quiet=True), config.compare.max_test_examples)
+            for label, spec in zip(labels, config.compare.test)}  # fmt: skip
 
-    Returns {"metrics", "curve", "matrix"}; runs in a worker process when `compare.jobs` > 1.
+
+def evaluate_file(model, tokenizer, examples: list[Example], embedder, max_length: int) -> tuple[dict, dict]:
+    """(metrics, items) of one test file. items: {"accuracy" | "preference_accuracy": {id: 0/1 hit},
+    "rougeL": {id: ROUGE-L F}}, whose means are the metrics of the same names.
+
+    evaluate_examples scores the choice items (its `errors` are exactly the misses); the open items are
+    generated here instead, so that the per-item ROUGE-L comes from the very answers the mean does.
     """
-    from ..memory import Embedder
-    from ..models import count_parameters, load_model, load_trained
+    from ..data.formatting import prompt_and_target, reference
+    from ..evaluation.baselines import model_label_recalls
+    from ..evaluation.evaluate import evaluate_examples, generation_metrics, is_open_ended
+    from ..evaluation.generation import generate_answers
+    from ..evaluation.scoring import is_scorable
+
+    closed = [ex for ex in examples if not is_open_ended(ex)]
+    result = evaluate_examples(model, tokenizer, closed, max_length=max_length, progress=False)
+    metrics = result.scalars()
+    if "source=icft-general" in result.accuracy_by:
+        metrics["general_accuracy"] = result.accuracy_by["source=icft-general"]
+    metrics.update(model_label_recalls(closed, result.errors))
+    missed = {e["id"] for e in result.errors}
+    items: dict[str, dict[str, float]] = {}
+    for metric, kind in (("accuracy", "qa"), ("preference_accuracy", "preference")):
+        hits = {ex.id: int(ex.id not in missed) for ex in closed if ex.kind == kind and is_scorable(ex)}
+        if hits:
+            items[metric] = hits
+    scored = [hit for metric in ("accuracy", "preference_accuracy") for hit in items.get(metric, {}).values()]
+    if scored:
+        metrics["error_rate"] = 1 - sum(scored) / len(scored)
+
+    open_ended = [ex for ex in examples if is_open_ended(ex)]
+    if open_ended:
+        hyps = generate_answers(model, tokenizer, [prompt_and_target(ex)[0] for ex in open_ended], max_new_tokens=24,
+                                batch_size=32, max_length=max_length)  # fmt: skip
+        refs = [reference(ex) for ex in open_ended]
+        metrics.update(generation_metrics(hyps, refs, embedder))
+        items["rougeL"] = {ex.id: score for ex, score in zip(open_ended, rouge_l_items(hyps, refs))}
+    return metrics, items
+
+
+def rouge_l_items(hyps: list[str], refs: list[str]) -> list[float]:
+    """ROUGE-L F of each answer, as metrics.rouge computes it before taking the mean."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hyps, refs)]
+
+
+def run_dir_of(output_dir: Path, method: str, seed: int) -> Path:
+    return output_dir / method / f"seed{seed}"
+
+
+def run_status(run_dir: Path) -> str:
+    """Where a run folder stands: "finished" (result.json), "trained" (training ended, evaluation did not),
+    "interrupted" (checkpoints only) or "new"."""
+    if (run_dir / "result.json").exists():
+        return "finished"
+    if (run_dir / "summary.json").exists():  # train writes it after the weights, last
+        return "trained"
+    if any((run_dir / "checkpoints").glob("step-*")):
+        return "interrupted"
+    return "new"
+
+
+def train_run(cfg: RunConfig, run_dir: Path, status: str) -> None:
+    """Train unless training already ended; an interrupted run continues from its last checkpoint."""
     from .train import train
 
+    if status != "trained":
+        train(cfg, run_dir, resume=status == "interrupted")
+
+
+def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, status: str = "new") -> dict:
+    """Train one method with one seed (nothing for `base`), then evaluate it on each test file.
+
+    Writes items.json, then result.json ({"metrics", "curve", "matrix"}, also returned) last, so that a run
+    with result.json is complete. Runs in a worker process.
+    """
+    from ..memory import Embedder
+    from ..models import count_parameters
+    from ..runs import load_base, load_run
+
     cfg = method_config(config, method, seed)
-    run_dir = output_dir / method / f"seed{seed}"
+    run_dir = run_dir_of(output_dir, method, seed)
     curve, matrix = [], []
     if method == "base":
-        model, tokenizer = load_model(cfg.model.name)
+        model, tokenizer = load_base(cfg.model.name)
         summary = {"trainable_params": 0, "wall_s": 0.0, "total_params": count_parameters(model)[1]}
     else:
-        train(cfg, run_dir)
-        model, tokenizer = load_trained(run_dir)
+        train_run(cfg, run_dir, status)
+        model, tokenizer = load_run(run_dir)
         summary = json.loads((run_dir / "summary.json").read_text())
         stage_eval = json.loads((run_dir / "stage_eval.json").read_text())
         summary.update({k: stage_eval[k] for k in ("average_accuracy", "forgetting", "backward_transfer")})
         matrix = stage_eval["accuracy_matrix"]
         curve = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    test = limit_per_kind(load_data(config.compare.test, quiet=True), config.compare.max_test_examples)
-    metrics = evaluate_run(model, tokenizer, test, Embedder(), cfg)
+    metrics: dict[str, float] = {}
+    items: dict[str, dict] = {}
+    embedder = Embedder()
+    for label, examples in test_sets(config).items():
+        file_metrics, items[label] = evaluate_file(model, tokenizer, examples, embedder, cfg.model.max_length)
+        metrics.update({f"{label}/{k}": v for k, v in file_metrics.items()})
     metrics.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
-    return {"metrics": metrics, "curve": curve, "matrix": matrix}
+    outcome = {"metrics": metrics, "curve": curve, "matrix": matrix}
+    write_json(run_dir / "items.json", items)
+    write_json(run_dir / "result.json", outcome)
+    return outcome
 
 
 def _one_thread_worker() -> None:
@@ -140,169 +236,92 @@ def _one_thread_worker() -> None:
     os.environ["ICFT_QUIET"] = "1"  # two progress bars at once would garble the terminal
 
 
+def check_same_config(config: RunConfig, output_dir: Path) -> None:
+    """Runs kept or resumed in `output_dir` must come from this config: a ConfigError names the keys that
+    changed. Methods, seeds and jobs may change (adding a seed keeps the runs already done)."""
+    saved = output_dir / "config.yaml"
+    if not saved.exists():
+        return
+    old, new = _flat(yaml.safe_load(saved.read_text()) or {}), _flat(config.to_dict())
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in SCHEDULING_KEYS)
+    if changed:
+        raise ConfigError(f"{output_dir} holds runs of another config ({', '.join(changed)} changed): give a new "
+                          "--output-dir, or delete that folder to start over")  # fmt: skip
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "scorers"
+                   else {prefix + key: value})  # fmt: skip
+    return out
+
+
+def plan(jobs: list[tuple[str, int]], output_dir: Path) -> dict[tuple[str, int], str]:
+    """Each job's run_status, and one printed line on what is kept or resumed."""
+    status = {job: run_status(run_dir_of(output_dir, *job)) for job in jobs}
+    said = {s: [f"{m} seed {seed}" for (m, seed), v in status.items() if v == s]
+            for s in ("finished", "trained", "interrupted")}  # fmt: skip
+    if any(said.values()):
+        print(f"{output_dir}: keeping {len(said['finished'])} finished runs; evaluating "
+              f"{len(said['trained'])} trained ({', '.join(said['trained']) or '-'}); resuming "
+              f"{len(said['interrupted'])} interrupted ({', '.join(said['interrupted']) or '-'}); "
+              f"{sum(v == 'new' for v in status.values())} new", flush=True)  # fmt: skip
+    return status
+
+
 def compare(config: RunConfig, output_dir: Path) -> dict:
+    for method in config.compare.methods:  # every method's config is checked before anything runs
+        method_config(config, method, config.compare.seeds[0])
+    check_same_config(config, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, output_dir / "config.yaml")
     # `base` is untrained, the same model whatever the seed: evaluated once.
-    jobs = [(m, s) for m in config.compare.methods for s in (config.compare.seeds[:1] if m == "base"
-                                                              else config.compare.seeds)]  # fmt: skip
-    outcomes: dict[tuple[str, int], dict] = {}
+    seeds, first = config.compare.seeds, config.compare.seeds[0]
+    jobs = [(m, s) for m in config.compare.methods for s in (seeds[:1] if m == "base" else seeds)]
+    status = plan(jobs, output_dir)
+    outcomes = {job: json.loads((run_dir_of(output_dir, *job) / "result.json").read_text())
+                for job in jobs if status[job] == "finished"}  # fmt: skip
+    todo = [job for job in jobs if status[job] != "finished"]
     started = time.perf_counter()
 
     def done(job: tuple[str, int], outcome: dict) -> None:
         outcomes[job] = outcome
         m = outcome["metrics"]
+        shown = [k for k in m if k.split("/")[-1] in ("accuracy", "preference_accuracy", "rougeL")]
         print(f"[{len(outcomes)}/{len(jobs)} {time.perf_counter() - started:.0f}s] {job[0]} seed {job[1]}: "
-              + ", ".join(f"{k}={m[k]:.3f}" for k in ("accuracy", "preference_accuracy", "rougeL") if k in m),
-              flush=True)  # fmt: skip
+              + ", ".join(f"{k}={m[k]:.3f}" for k in shown), flush=True)  # fmt: skip
 
-    # Every run gets a fresh process, so that its peak memory is its own.
-    parallel = config.compare.jobs > 1
-    with ProcessPoolExecutor(config.compare.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_one_thread_worker if parallel else None, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(run_method, config, m, s, output_dir): (m, s) for m, s in jobs}
-        for future in as_completed(futures):
-            done(futures[future], future.result())
+    if todo:  # every run gets a fresh process, so that its peak memory is its own
+        parallel = config.compare.jobs > 1
+        with ProcessPoolExecutor(config.compare.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread_worker if parallel else None,
+                                 max_tasks_per_child=1) as pool:  # fmt: skip
+            futures = {pool.submit(run_method, config, m, s, output_dir, status[(m, s)]): (m, s) for m, s in todo}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
 
-    per_seed = {m: [outcomes[(m, s)]["metrics"] for s in config.compare.seeds if (m, s) in outcomes]
-                for m in config.compare.methods}  # fmt: skip
-    if per_seed.get("base"):
-        per_seed["base"] = per_seed["base"] * len(config.compare.seeds)
-    first = config.compare.seeds[0]
-    curves = {m: outcomes[(m, first)]["curve"] for m in config.compare.methods if outcomes[(m, first)]["curve"]}
-    matrices = {m: outcomes[(m, first)]["matrix"] for m in config.compare.methods if outcomes[(m, first)]["matrix"]}
-    results = {method: _mean_std(rows) for method, rows in per_seed.items()}
+    methods = config.compare.methods
+    per_seed = {m: {s: outcomes[(m, s)]["metrics"] for s in seeds if (m, s) in outcomes} for m in methods}
+    # Per-item scores for the paired statistics; the one `base` run pairs with every seed.
+    items = {m: {s: json.loads((run_dir_of(output_dir, m, first if m == "base" else s) / "items.json").read_text())
+                 for s in seeds} for m in methods}  # fmt: skip
+    statistics = {"reference": REFERENCE, "confidence": CONFIDENCE, "n_resamples": N_RESAMPLES,
+                  "differences": compare_to(REFERENCE, items, per_seed) if REFERENCE in methods else {}}  # fmt: skip
+    baselines: dict[str, dict[str, float]] = {}
+    for label, examples in test_sets(config).items():
+        for name, values in trivial_baselines(examples).items():
+            baselines.setdefault(name, {}).update({f"{label}/{k}": v for k, v in values.items()})
+    results = {
+        "methods": {m: mean_std(list(rows.values())) for m, rows in per_seed.items()},
+        "per_seed": {m: {str(s): metrics for s, metrics in rows.items()} for m, rows in per_seed.items()},
+        "baselines": baselines,
+        "statistics": statistics,
+    }
     write_json(output_dir / "results.json", results)
-    table = results_table(results, config)
-    write_text(output_dir / "report.md", _report(results, table, config, matrices))
-    _plots(output_dir, curves, matrices, results)
-    print(table)
+    curves = {m: outcomes[(m, first)]["curve"] for m in methods if outcomes[(m, first)]["curve"]}
+    matrices = {m: outcomes[(m, first)]["matrix"] for m in methods if outcomes[(m, first)]["matrix"]}
+    write_text(output_dir / "report.md", report_markdown(results, config, matrices))
+    plots(output_dir, curves, matrices, results["methods"])
+    print("\n".join([results_table(results), "", *below_baselines(results), "", *difference_table(results)]))
     return results
-
-
-def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    out = {}
-    for key in rows[0]:
-        values = [r[key] for r in rows if key in r and r[key] is not None and not math.isnan(r[key])]
-        if not values:
-            continue
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        out[key] = {"mean": mean, "std": std, "n": len(values)}
-    return out
-
-
-def results_table(results: dict, config: RunConfig) -> str:
-    """Markdown table: one row per method, mean ± std over seeds."""
-    methods = list(results)
-    keys = [(k, label) for k, label, _ in REPORT_METRICS if any(k in results[m] for m in methods)]
-    lines = ["| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for key, label in keys:
-        cells = []
-        for m in methods:
-            v = results[m].get(key)
-            if v is None:
-                cells.append("–")
-            elif key in ("trainable_params",):
-                cells.append(f"{v['mean']:,.0f}")
-            elif key in ("peak_rss_mb", "wall_s"):
-                cells.append(f"{v['mean']:.0f}")
-            else:
-                cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def verdicts(results: dict) -> list[str]:
-    """Where ICFT wins, ties or loses against each baseline: a tie is a gap within one std of either side."""
-    if "icft" not in results:
-        return []
-    lines = []
-    for key, label, higher in REPORT_METRICS:
-        if higher is None or key not in results["icft"]:
-            continue
-        ours = results["icft"][key]
-        wins, ties, losses = [], [], []
-        for m, r in results.items():
-            if m == "icft" or key not in r or (m == "base" and key in ("peak_rss_mb", "wall_s")):
-                continue  # the untrained base costs nothing to train: no contest there
-            gap = ours["mean"] - r[key]["mean"]
-            noise = max(ours["std"], r[key]["std"])
-            if abs(gap) <= noise or abs(gap) < 1e-9:
-                ties.append(m)
-            elif (gap > 0) == higher:
-                wins.append(m)
-            else:
-                losses.append(m)
-        lines.append(f"- **{label}**: wins vs {', '.join(wins) or 'none'}; ties with {', '.join(ties) or 'none'};"
-                     f" loses to {', '.join(losses) or 'none'}.")  # fmt: skip
-    return lines
-
-
-def _report(results: dict, table: str, config: RunConfig, matrices: dict) -> str:
-    seeds = ", ".join(map(str, config.compare.seeds))
-    parts = [
-        f"# ICFT comparison: {config.name}",
-        "",
-        f"Model `{config.model.name}`, {config.train.max_steps} optimizer steps per method, batch "
-        f"{config.train.batch_size}, seeds {seeds}; mean ± std over seeds. Test data: "
-        f"{', '.join(config.compare.test)} (conditions never seen in training"
-        + (f"; {config.compare.max_test_examples} examples of each kind" if config.compare.max_test_examples else "")
-        + "). Stage accuracies, forgetting "
-        "and backward transfer come from the validation splits after each stage's step budget.",
-        "",
-        table,
-        "",
-        "## Where ICFT wins, ties or loses",
-        "A tie: the gap is within one standard deviation over seeds.",
-        "",
-        *verdicts(results),
-        "",
-        "## Accuracy matrices (seed of the first run; rows: after stage i, columns: stage j)",
-    ]
-    for method, R in matrices.items():
-        parts += ["", f"**{method}**", "", "```", *["  ".join(f"{a:.3f}" for a in row) for row in R], "```"]
-    parts += ["", "Plots: `learning_curves.png`, `accuracy_matrices.png`, `forgetting.png`.", ""]
-    return "\n".join(parts)
-
-
-def _plots(output_dir: Path, curves: dict, matrices: dict, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for method, records in curves.items():
-        ax.plot([r["step"] for r in records], [r["loss_task"] for r in records], label=method)
-    ax.set(xlabel="optimizer step", ylabel="task loss (current batch)", title="Learning curves (first seed)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(output_dir / "learning_curves.png", dpi=120)
-    plt.close(fig)
-
-    if matrices:
-        fig, axes = plt.subplots(1, len(matrices), figsize=(3.2 * len(matrices), 3.2), squeeze=False)
-        for ax, (method, R) in zip(axes[0], matrices.items()):
-            ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
-            for i, row in enumerate(R):
-                for j, a in enumerate(row):
-                    ax.text(j, i, f"{a:.2f}", ha="center", va="center", color="white", fontsize=8)
-            ticks = range(len(R))
-            ax.set_xticks(ticks, [str(i + 1) for i in ticks])
-            ax.set_yticks(ticks, [str(i + 1) for i in ticks])
-            ax.set(title=method, xlabel="evaluated on stage", ylabel="after stage")
-        fig.tight_layout()
-        fig.savefig(output_dir / "accuracy_matrices.png", dpi=120)
-        plt.close(fig)
-
-    methods = [m for m in results if "forgetting" in results[m]]
-    if methods:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        means = [results[m]["forgetting"]["mean"] for m in methods]
-        stds = [results[m]["forgetting"]["std"] for m in methods]
-        ax.bar(methods, means, yerr=stds, capsize=4)
-        ax.set(ylabel="forgetting (lower is better)", title="Forgetting per method (validation, mean ± std)")
-        fig.tight_layout()
-        fig.savefig(output_dir / "forgetting.png", dpi=120)
-        plt.close(fig)

@@ -52,9 +52,11 @@ from ..models import (
     enable_gradient_checkpointing,
     extra_trainable_modules,
     load_model,
+    prepare_for_kbit_training,
     resolve_target_modules,
 )
 from ..progress import MetricsLog, ProgressDisplay
+from ..regularizers import EWC, EMATeacher
 
 
 @dataclass
@@ -64,6 +66,7 @@ class RunState:
     step: int = 0
     tokens: int = 0
     stage_rows: list[dict] = field(default_factory=list)  # one stage_eval row per finished stage
+    curve: list[dict] = field(default_factory=list)  # {"step", stage rows} every train.eval_every steps
     wall_s: float = 0.0
 
 
@@ -88,10 +91,13 @@ def load_training_data(config: RunConfig, say) -> tuple[list[Example], list[Exam
 
 
 def load_adapted_model(config: RunConfig):
+    quantized = config.peft.quantization != "none"
     try:
-        model, tokenizer = load_model(config.model.name)
+        model, tokenizer = load_model(config.model.name, quantization=config.peft.quantization if quantized else None)
     except (OSError, ValueError) as error:  # transformers reports a bad id or folder as either
         raise TrainingError(f"could not load model '{config.model.name}' (config key 'model.name'): {error}") from None
+    if quantized:
+        model = prepare_for_kbit_training(model, config.train.gradient_checkpointing)
     if config.peft.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -115,14 +121,15 @@ def load_adapted_model(config: RunConfig):
 # 2. Curriculum
 
 
-def plan_stages(config: RunConfig, train: list[Example], validation: list[Example], model, tokenizer, say):
+def plan_stages(config: RunConfig, train: list[Example], validation: list[Example], model, tokenizer, template: str):
     """Difficulty-scored training stages and, for the stage matrices, the matching validation groups."""
     cc = config.curriculum
     cache = Path(os.environ.get("ICFT_CACHE", Path.home() / ".cache" / "icft")) / "difficulty"
 
     def scored(examples: list[Example]) -> list[Example]:
         scores = curriculum.difficulty_scores(examples, cc.scorers, model=model, tokenizer=tokenizer,
-                                              cache_dir=cache, model_name=config.model.name)  # fmt: skip
+                                              cache_dir=cache, model_name=config.model.name,
+                                              template=template)  # fmt: skip
         return curriculum.attach_difficulty(examples, scores)
 
     train = scored(train)
@@ -201,8 +208,11 @@ class StepLosses:
 
 
 def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Example], ltm: list[MemoryItem],
-                   config: RunConfig, device) -> StepLosses:  # fmt: skip
-    """Loss parts for one micro-batch, in one forward pass over new, STM-replayed and LTM-replayed rows."""
+                   config: RunConfig, device, teacher: EMATeacher | None = None) -> StepLosses:  # fmt: skip
+    """Loss parts for one micro-batch, in one forward pass over new, STM-replayed and LTM-replayed rows.
+
+    The consistency targets are the LTM items' stored outputs, or with an EMA `teacher` its outputs now.
+    """
     seqs: list[TokenizedPair] = []
     rows, pairs = [], []  # row of each new example's (chosen) answer; (index in new, rejected row) of pairs
     for i, ex in enumerate(new):
@@ -216,6 +226,13 @@ def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Ex
     ltm_start = len(seqs)
     seqs += [cache.encode(item.example) for item in ltm]
 
+    if ltm and teacher is not None and config.loss.consistency > 0:
+        # The EMA teacher runs first: swapping its weights in and out after the student's forward pass
+        # would change tensors that the student's backward pass still needs.
+        ltm_batch = collate(seqs[ltm_start:], cache.tokenizer.pad_token_id)
+        with teacher.weights_in(model), torch.no_grad():
+            ema_logits = target_logits(model, {k: v.to(device) for k, v in ltm_batch.items()})[0]
+            ema_targets = losses.top_k_outputs(ema_logits, config.memory.teacher_top_k)
     batch = {k: v.to(device) for k, v in collate(seqs, cache.tokenizer.pad_token_id).items()}
     logits, targets, token_rows = target_logits(model, batch)
     nll, _ = losses.per_sequence_nll(logits, targets, token_rows, len(seqs))
@@ -231,8 +248,11 @@ def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Ex
     }
     if ltm and config.loss.consistency > 0:
         on_ltm = token_rows >= ltm_start  # tokens come out row by row, so they line up with the stored targets
-        teacher_ids = torch.cat([item.teacher_ids for item in ltm]).to(device)
-        teacher_logprobs = torch.cat([item.teacher_logprobs for item in ltm]).to(device)
+        if teacher is not None:
+            teacher_ids, teacher_logprobs = ema_targets
+        else:
+            teacher_ids = torch.cat([item.teacher_ids for item in ltm]).to(device)
+            teacher_logprobs = torch.cat([item.teacher_logprobs for item in ltm]).to(device)
         if teacher_ids.shape[0] != int(on_ltm.sum()):
             raise TrainingError("stored LTM teacher outputs do not match the replayed tokens")
         parts["consistency"] = losses.consistency_kl(logits[on_ltm], teacher_ids, teacher_logprobs)
@@ -296,7 +316,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
         f"({100 * trainable / total:.2f}%), peft={config.peft.method}, prompt template {template}")  # fmt: skip
 
     # 2. Curriculum
-    stages, budgets, val_groups = plan_stages(config, train_examples, val_examples, model, tokenizer, say)
+    stages, budgets, val_groups = plan_stages(config, train_examples, val_examples, model, tokenizer, template)
     cc = config.curriculum
     schedule = curriculum.StageSchedule(stages, budgets, cc.order, cc.pacing, cc.start_competence, cc.pacing_share,
                                         seed=config.train.seed * 7919 + accelerator.process_index)  # fmt: skip
@@ -308,6 +328,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
     replay = ReplaySchedule(config.train.batch_size, mc.ltm_replay if mc.enabled else 0.0,
                             mc.stm_replay if mc.enabled else 0.0)  # fmt: skip
     embedder = Embedder() if mc.enabled else None
+    teacher = EMATeacher(model, mc.ema_decay) if mc.enabled and mc.teacher == "ema" else None
+    ewc = EWC(config.loss.ewc) if config.loss.ewc > 0 else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
                                   weight_decay=config.train.weight_decay)  # fmt: skip
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.train.warmup_ratio * config.train.max_steps),
@@ -322,8 +344,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
             raise TrainingError(f"--resume {run_dir}: no checkpoint under {run_dir / 'checkpoints'}")
         saved = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler)
         state = saved["state"]
-        for part, name in ((schedule, "schedule"), (stm, "stm"), (ltm, "ltm"), (replay, "replay")):
-            part.load_state_dict(saved[name])
+        for part, name in ((schedule, "schedule"), (stm, "stm"), (ltm, "ltm"), (replay, "replay"), (teacher, "ema"),
+                           (ewc, "ewc")):  # fmt: skip
+            if part is not None:
+                part.load_state_dict(saved[name])
         restore_rng_states(saved["rng"], rng)
         say(f"resumed from {checkpoint} at step {state.step}")
     elif main and (run_dir / "checkpoints").exists():
@@ -337,7 +361,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
     quiet = not main or os.environ.get("ICFT_QUIET") == "1"
     bar = ProgressDisplay(config.train.max_steps, state.step, quiet)
     run_start = time.perf_counter() - state.wall_s
-    weights = {"task": config.loss.task, "consistency": config.loss.consistency, "finetune": config.loss.finetune}
+    weights = {"task": config.loss.task, "consistency": config.loss.consistency, "finetune": config.loss.finetune,
+               "ewc": 1.0}  # the EWC term carries its own weight (loss.ewc)
 
     # 4. The loop: one optimizer step per iteration, stage ends, checkpoints
     model.train()
@@ -348,7 +373,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
                 n_ltm, n_stm = replay.counts(len(ltm) > 0, len(stm) > 0)
                 ltm_items, replayed = ltm.sample(n_ltm, rng), stm.sample_hard(n_stm, rng)
                 new = schedule.sample(step, config.train.batch_size - n_ltm - n_stm)
-                out = compute_losses(model, cache, new, replayed, ltm_items, config, accelerator.device)
+                out = compute_losses(model, cache, new, replayed, ltm_items, config, accelerator.device, teacher)
+                penalty = ewc.penalty(accelerator.unwrap_model(model)) if ewc else None
+                out.parts["ewc"] = penalty if penalty is not None else out.parts["task"].new_zeros(())
                 total_loss = losses.weighted_total(out.parts, weights)
                 if not torch.isfinite(total_loss):
                     raise TrainingError(
@@ -362,6 +389,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
                     accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
+                if teacher is not None:
+                    teacher.update(accelerator.unwrap_model(model))
                 if mc.enabled:
                     stm.update(new + replayed, out.new_hardness + out.replay_hardness)
             log.add({"total": total_loss.item(), **{k: v.item() for k, v in out.parts.items()}}, out.tokens)
@@ -378,12 +407,13 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
                        f"cons={record['loss_consistency']:.3f} ft={record['loss_finetune']:.3f} "
                        f"{record['tokens_per_s']:.0f} tok/s")  # fmt: skip
         end_of_step(state, schedule, stages, val_groups, accelerator.unwrap_model(model), tokenizer, template, cache,
-                    stm, ltm, embedder, config, rng, accelerator.device, bar)  # fmt: skip
+                    stm, ltm, embedder, config, rng, accelerator.device, bar, ewc)  # fmt: skip
         if state.step % config.train.save_every == 0 or state.step == config.train.max_steps:
             state.wall_s = time.perf_counter() - run_start
             save_checkpoint(run_dir, state.step, accelerator, model, optimizer, scheduler, {
                 "state": state, "schedule": schedule.state_dict(), "stm": stm.state_dict(), "ltm": ltm.state_dict(),
-                "replay": replay.state_dict(), "rng": rng_states(rng)})  # fmt: skip
+                "replay": replay.state_dict(), "rng": rng_states(rng), "ema": teacher and teacher.state_dict(),
+                "ewc": ewc and ewc.state_dict()})  # fmt: skip
     bar.close()
 
     # 5. Outputs
@@ -397,7 +427,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
 
 
 def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val_groups, model, tokenizer, template,
-                cache, stm, ltm, embedder, config: RunConfig, rng, device, bar) -> None:  # fmt: skip
+                cache, stm, ltm, embedder, config: RunConfig, rng, device, bar, ewc: EWC | None) -> None:  # fmt: skip
     """Plateau checks, consolidation and the stage matrices' next row, where this step calls for them."""
     cc, mc, steps = config.curriculum, config.memory, state.step
     index = schedule.stage_index(steps - 1)
@@ -414,9 +444,18 @@ def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val
         schedule.start_next_stage()
     if mc.enabled and (at_end or (mc.consolidate_every and steps % mc.consolidate_every == 0)):
         consolidate(model, cache, stm, ltm, embedder, stages[index].name, config, rng, device)
-    if at_end and config.train.eval_max_examples and any(val_groups):
+    if at_end and ewc is not None:
+        sample = random.Random(index).sample(stages[index].examples, min(64, len(stages[index].examples)))
+        ewc.consolidate(model, (compute_losses(model, cache, sample[i : i + 8], [], [], config, device).parts["task"]
+                                for i in range(0, len(sample), 8)))  # fmt: skip
+    every = config.train.eval_every and steps % config.train.eval_every == 0
+    if (at_end or every) and config.train.eval_max_examples and any(val_groups):
         row = stage_row(model, tokenizer, val_groups, config.train.eval_max_examples, config.model.max_length,
                         template)  # fmt: skip
+        if every:
+            state.curve.append({"step": steps, **row})
+        if not at_end:
+            return
         state.stage_rows.append(row)
         done = len(state.stage_rows)
         cells = [f"{s.name}=" + (f"{a:.3f}" if a is not None else f"nll {n:.3f}" if n is not None else "-")
@@ -433,7 +472,8 @@ def save_outputs(run_dir: Path, model, tokenizer, config: RunConfig, ltm: LongTe
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     ltm.save(run_dir / "memory")
-    write_json(run_dir / "stage_eval.json", stage_report([s.name for s in stages], state.stage_rows))
+    write_json(run_dir / "stage_eval.json", {**stage_report([s.name for s in stages], state.stage_rows),
+                                             "curve": state.curve})  # fmt: skip
     write_json(run_dir / "summary.json", {
         "steps": state.step, "tokens": state.tokens, "wall_s": state.wall_s,
         "tokens_per_s": state.tokens / max(state.wall_s, 1e-9), "trainable_params": trainable, "total_params": total,

@@ -1,4 +1,5 @@
-"""`icft data validate` and `icft data stats`: check data files and describe what is in them.
+"""`icft data validate` and `icft data stats`: check data files and describe what is in them (above the data
+layer: `stats --score` uses the curriculum's scorers, and data must not import the curriculum).
 
 Both take files and folders; a folder stands for every data file under it (.jsonl, .json, .xml, .csv,
 .parquet, .arrow; README.md and other files are left alone). A folder of MedQuAD XML files and a folder
@@ -14,9 +15,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .formatting import prompt_and_target
-from .loaders import LoadResult, is_saved_dataset, load_examples
-from .schema import DataError, Example
+from .data.formatting import prompt_and_target
+from .data.loaders import LoadResult, is_saved_dataset, load_examples
+from .data.schema import DataError, Example
 
 DATA_SUFFIXES = (".jsonl", ".json", ".xml", ".csv", ".parquet", ".arrow")
 SKIPPED_REASONS_SHOWN = 3
@@ -67,7 +68,7 @@ def stats(paths: list[str], score: bool = False) -> int:
         _print_counts(title, Counter(values))
     _print_lengths(examples)
     if score:
-        from ..curriculum import attach_difficulty, difficulty_scores
+        from .curriculum import attach_difficulty, difficulty_scores
 
         examples = attach_difficulty(examples, difficulty_scores(examples, {"length": 1.0, "rarity": 1.0}))
     difficulties = [e.difficulty for e in examples if e.difficulty is not None]
