@@ -21,7 +21,51 @@ KEEP = 2  # checkpoints kept; older ones are removed once a newer one is complet
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """Full trainable weights (LoRA, modules_to_save) on CPU. Under FSDP2 each parameter is a DTensor
+    holding this rank's shard and gathering it is collective: every rank must call this."""
+    from torch.distributed.tensor import DTensor
+
+    return {n: (p.full_tensor() if isinstance(p, DTensor) else p.detach()).cpu().clone()
+            for n, p in model.named_parameters() if p.requires_grad}  # fmt: skip
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+    """The optimizer's full state. Sharded (FSDP2): keyed by parameter name, gathered to rank 0 (the others
+    get {}), collective. Otherwise the optimizer's own state_dict."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_trainable(model: torch.nn.Module, optimizer, weights: dict, optim: dict) -> None:
+    """Restore trainable weights and optimizer state. Sharded: rank 0 holds the dicts and broadcasts them."""
+    if not is_sharded(model):
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(optim)
+        return
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    broadcast = dist.is_initialized() and dist.get_world_size() > 1
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast, strict=False)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, optim, options=StateDictOptions(full_state_dict=True,
+                                                                                broadcast_from_rank0=broadcast))
 
 
 def fingerprint(model: torch.nn.Module) -> list[float]:
@@ -39,11 +83,13 @@ def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, o
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    rank_state = {**rank_state, "fingerprint": fingerprint(accelerator.unwrap_model(model))}
+    unwrapped = accelerator.unwrap_model(model)
+    rank_state = {**rank_state, "fingerprint": fingerprint(unwrapped)}
     torch.save(rank_state, tmp / f"rank{accelerator.process_index}.pt")
+    weights, optim = trainable_state(unwrapped), optimizer_state(unwrapped, _inner(optimizer))  # collective
     if accelerator.is_main_process:
-        torch.save(trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.pt")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        torch.save(weights, tmp / "trainable.pt")
+        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
@@ -51,6 +97,11 @@ def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, o
         for old in sorted(root.glob("step-*"))[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _inner(optimizer):
+    """The torch optimizer inside accelerate's wrapper (state dicts are the torch optimizer's)."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -61,12 +112,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def load_checkpoint(path: Path, accelerator: Accelerator, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer and scheduler; return this process's own state."""
     weights = torch.load(path / "trainable.pt", map_location="cpu")
-    params = dict(accelerator.unwrap_model(model).named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
     optim = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(optim["optimizer"])
+    load_trainable(accelerator.unwrap_model(model), _inner(optimizer), weights, optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
     return torch.load(path / f"rank{accelerator.process_index}.pt", map_location="cpu", weights_only=False)
 

@@ -36,7 +36,14 @@ from accelerate.utils import set_seed
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import curriculum, losses
-from ..checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from ..checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+    trainable_state,
+)
 from ..config import RunConfig, save_config
 from ..data.formatting import prompt_and_target, resolve_template
 from ..data.schema import Example
@@ -418,9 +425,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
 
     # 5. Outputs
     state.wall_s = time.perf_counter() - run_start
+    weights = trainable_state(accelerator.unwrap_model(model))  # collective under FSDP: every process gathers
     if main:
-        save_outputs(run_dir, accelerator.unwrap_model(model), tokenizer, config, ltm, stages, state, trainable,
-                     total, log.records)  # fmt: skip
+        save_outputs(run_dir, accelerator.unwrap_model(model), weights, tokenizer, config, ltm, stages, state,
+                     trainable, total, log.records)  # fmt: skip
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it also takes down the process group the barrier above needs
     return run_dir
@@ -463,13 +471,14 @@ def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val
         bar.write(f"after stage {done}/{len(stages)} ({stages[done - 1].name}): " + "  ".join(cells))
 
 
-def save_outputs(run_dir: Path, model, tokenizer, config: RunConfig, ltm: LongTermMemory, stages, state: RunState,
-                 trainable: int, total: int, logged: list[dict]) -> None:  # fmt: skip
+def save_outputs(run_dir: Path, model, trained: dict, tokenizer, config: RunConfig, ltm: LongTermMemory, stages,
+                 state: RunState, trainable: int, total: int, logged: list[dict]) -> None:  # fmt: skip
     from ..io import atomic_path
 
     weights = "adapter" if config.peft.method == "lora" else "model"
     with atomic_path(run_dir / weights, is_dir=True) as tmp:
-        model.save_pretrained(tmp)
+        # LoRA: the gathered trainable weights are the adapter (the same tensors, or under FSDP their full form).
+        model.save_pretrained(tmp, **({"state_dict": trained} if weights == "adapter" else {}))
         tokenizer.save_pretrained(tmp)
     ltm.save(run_dir / "memory")
     write_json(run_dir / "stage_eval.json", {**stage_report([s.name for s in stages], state.stage_rows),
