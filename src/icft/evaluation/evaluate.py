@@ -29,6 +29,7 @@ from ..data.schema import YES_NO_MAYBE, Example
 from ..data.tokenize import collate, encode_pair
 from ..likelihood import sequence_logprobs, target_logits
 from . import metrics as M
+from .baselines import label_recalls
 from .generation import context_limit, generate_answers
 from .scoring import ChoiceScores, choice_accuracy, is_scorable, score_choices
 
@@ -177,10 +178,13 @@ def evaluate_files(
 
 
 def load_files(paths: list[str | Path], max_examples: int | None = None) -> dict[str, list[Example]]:
-    """The examples of each file (its first `max_examples`), keyed by file name; raises DataError."""
-    from ..data.loaders import load_examples
+    """The examples of each file (its first `max_examples`), keyed by file name; raises DataError.
 
-    return {name: load_examples(path).examples[:max_examples] for name, path in label_files(paths).items()}
+    `bundled:<name>` works as in configs (e.g. `--data bundled:test-retention bundled:test-unseen`).
+    """
+    from ..data.sources import load_data
+
+    return {name: load_data([str(path)], quiet=True)[:max_examples] for name, path in label_files(paths).items()}
 
 
 def format_table(results: dict[str, EvalResult]) -> str:
@@ -242,6 +246,7 @@ def _choice_metrics(scores: list[ChoiceScores]) -> dict[str, float]:
         golds = [YES_NO_MAYBE[s.gold] for s in yes_no_maybe]
         preds = [YES_NO_MAYBE[s.pred] for s in yes_no_maybe]
         out["macro_f1"] = M.macro_f1(golds, preds, YES_NO_MAYBE)
+        out.update(label_recalls(golds, preds))  # accuracy hides a model that always says "yes"
     preference = [s for s in scores if s.example.kind == "preference"]
     if preference:
         out["preference_accuracy"] = choice_accuracy(preference, normalised=True)
@@ -280,7 +285,7 @@ def _ordered(metrics: dict[str, float]) -> dict[str, float]:
 
 def label_files(paths: list[str | Path]) -> dict[str, str | Path]:
     """A file's name labels its results; the full path only where two files share a name."""
-    names = [Path(str(p)).name for p in paths]
+    names = [str(p).split(":", 1)[1] if str(p).startswith("bundled:") else Path(str(p)).name for p in paths]
     return {(name if names.count(name) == 1 else str(p)): p for name, p in zip(names, paths)}
 
 

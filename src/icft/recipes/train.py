@@ -308,8 +308,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
     accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum,
                               mixed_precision=config.train.mixed_precision, log_with="tensorboard",
                               project_dir=str(run_dir))  # fmt: skip
-    main = accelerator.is_main_process
-    say = print if main else (lambda *a, **k: None)
+    say = print if accelerator.is_main_process else (lambda *a, **k: None)
     set_seed(config.train.seed)  # the same adapter init on every process
     rng = random.Random(config.train.seed * 1000 + accelerator.process_index)  # each process draws its own batches
 
@@ -329,14 +328,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
                                         seed=config.train.seed * 7919 + accelerator.process_index)  # fmt: skip
     say("stages: " + ", ".join(f"{s.name} ({len(s.examples)} examples, {b} steps)" for s, b in zip(stages, budgets)))
 
-    # 3. Memory, optimizer, resume
-    mc = config.memory
-    stm, ltm = ShortTermMemory(mc.stm_capacity), LongTermMemory(mc.ltm_capacity, mc.selection)
-    replay = ReplaySchedule(config.train.batch_size, mc.ltm_replay if mc.enabled else 0.0,
-                            mc.stm_replay if mc.enabled else 0.0)  # fmt: skip
-    embedder = Embedder() if mc.enabled else None
-    teacher = EMATeacher(model, mc.ema_decay) if mc.enabled and mc.teacher == "ema" else None
-    ewc = EWC(config.loss.ewc) if config.loss.ewc > 0 else None
+    # 3. Memory, optimizer, and where the run starts
+    memory = Memory.build(config, model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
                                   weight_decay=config.train.weight_decay)  # fmt: skip
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.train.warmup_ratio * config.train.max_steps),
@@ -344,6 +337,86 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
     # The scheduler stays outside prepare(): every process takes every step, so it must step once per step.
     model, optimizer = accelerator.prepare(model, optimizer)
     cache = TokenCache(tokenizer, config.model.max_length, template)
+    state = start_or_resume(config, run_dir, resume, accelerator, model, optimizer, scheduler, schedule, memory, rng,
+                            say)  # fmt: skip
+    log = MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None, write=accelerator.is_main_process)
+    bar = ProgressDisplay(config.train.max_steps, state.step,
+                          quiet=not accelerator.is_main_process or os.environ.get("ICFT_QUIET") == "1")  # fmt: skip
+    run_start = time.perf_counter() - state.wall_s
+
+    # 4. The loop: one optimizer step per iteration, then stage ends and checkpoints
+    model.train()
+    while state.step < config.train.max_steps:
+        step, stage = state.step, stages[schedule.stage_index(state.step)].name
+        for _ in range(config.train.grad_accum):
+            parts, tokens = train_step(model, optimizer, accelerator, cache, memory, schedule, step, stage, config,
+                                       rng, run_dir)  # fmt: skip
+            log.add(parts, tokens)
+            state.tokens += tokens * accelerator.num_processes  # every process takes a batch of its own
+        scheduler.step()
+        state.step += 1
+        bar.step()
+        if state.step % config.train.log_every == 0 or state.step == config.train.max_steps:
+            log_progress(log, bar, accelerator, state.step, stage, scheduler.get_last_lr()[0],
+                         schedule.competence(step), memory)  # fmt: skip
+        end_of_step(state, schedule, stages, val_groups, accelerator.unwrap_model(model), tokenizer, template, cache,
+                    memory, config, rng, accelerator.device, bar)  # fmt: skip
+        if state.step % config.train.save_every == 0 or state.step == config.train.max_steps:
+            state.wall_s = time.perf_counter() - run_start
+            save_checkpoint(run_dir, state.step, accelerator, model, optimizer, scheduler, {
+                "state": state, "schedule": schedule.state_dict(), "rng": rng_states(rng), **memory.state_dict()})
+    bar.close()
+
+    # 5. Outputs
+    state.wall_s = time.perf_counter() - run_start
+    weights = trainable_state(accelerator.unwrap_model(model))  # collective under FSDP: every process gathers
+    if accelerator.is_main_process:
+        save_outputs(run_dir, accelerator.unwrap_model(model), weights, tokenizer, config, memory.ltm, stages, state,
+                     trainable, total, log.records)  # fmt: skip
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it also takes down the process group the barrier above needs
+    return run_dir
+
+
+@dataclass
+class Memory:
+    """Everything that remembers across steps besides the weights: ICFT's two memories, how many replay
+    slots each fills, and the baselines' add-ons (an EMA teacher, EWC)."""
+
+    stm: ShortTermMemory
+    ltm: LongTermMemory
+    replay: ReplaySchedule
+    embedder: Embedder | None
+    teacher: EMATeacher | None
+    ewc: EWC | None
+    enabled: bool
+
+    @classmethod
+    def build(cls, config: RunConfig, model) -> Memory:
+        mc, on = config.memory, config.memory.enabled
+        return cls(stm=ShortTermMemory(mc.stm_capacity), ltm=LongTermMemory(mc.ltm_capacity, mc.selection),
+                   replay=ReplaySchedule(config.train.batch_size, mc.ltm_replay if on else 0.0,
+                                         mc.stm_replay if on else 0.0),
+                   embedder=Embedder() if on else None,
+                   teacher=EMATeacher(model, mc.ema_decay) if on and mc.teacher == "ema" else None,
+                   ewc=EWC(config.loss.ewc) if config.loss.ewc > 0 else None, enabled=on)  # fmt: skip
+
+    def state_dict(self) -> dict:
+        return {"stm": self.stm.state_dict(), "ltm": self.ltm.state_dict(), "replay": self.replay.state_dict(),
+                "ema": self.teacher and self.teacher.state_dict(),
+                "ewc": self.ewc and self.ewc.state_dict()}  # fmt: skip
+
+    def load_state_dict(self, saved: dict) -> None:
+        for part, name in ((self.stm, "stm"), (self.ltm, "ltm"), (self.replay, "replay"), (self.teacher, "ema"),
+                           (self.ewc, "ewc")):  # fmt: skip
+            if part is not None:
+                part.load_state_dict(saved[name])
+
+
+def start_or_resume(config: RunConfig, run_dir: Path, resume: bool, accelerator, model, optimizer, scheduler,
+                    schedule: curriculum.StageSchedule, memory: Memory, rng: random.Random,
+                    say) -> RunState:  # fmt: skip
+    """A fresh RunState (clearing a previous run's checkpoints), or everything restored from the last checkpoint."""
     state = RunState()
     if resume:
         checkpoint = latest_checkpoint(run_dir)
@@ -351,91 +424,64 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
             raise TrainingError(f"--resume {run_dir}: no checkpoint under {run_dir / 'checkpoints'}")
         saved = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler)
         state = saved["state"]
-        for part, name in ((schedule, "schedule"), (stm, "stm"), (ltm, "ltm"), (replay, "replay"), (teacher, "ema"),
-                           (ewc, "ewc")):  # fmt: skip
-            if part is not None:
-                part.load_state_dict(saved[name])
+        schedule.load_state_dict(saved["schedule"])
+        memory.load_state_dict(saved)
         restore_rng_states(saved["rng"], rng)
         say(f"resumed from {checkpoint} at step {state.step}")
-    elif main and (run_dir / "checkpoints").exists():
+    elif accelerator.is_main_process and (run_dir / "checkpoints").exists():
         say(f"starting a new run in {run_dir}: its old checkpoints are removed (use --resume to continue instead)")
         shutil.rmtree(run_dir / "checkpoints")
-    if main:
+    if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
-    log = MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None, write=main)
     accelerator.init_trackers("tensorboard")
-    quiet = not main or os.environ.get("ICFT_QUIET") == "1"
-    bar = ProgressDisplay(config.train.max_steps, state.step, quiet)
-    run_start = time.perf_counter() - state.wall_s
+    return state
+
+
+def train_step(model, optimizer, accelerator, cache: TokenCache, memory: Memory, schedule: curriculum.StageSchedule,
+               step: int, stage: str, config: RunConfig, rng: random.Random,
+               run_dir: Path) -> tuple[dict, int]:  # fmt: skip
+    """One micro-batch: new examples, STM and LTM replay; the loss parts; backward and (when due) an update."""
     weights = {"task": config.loss.task, "consistency": config.loss.consistency, "finetune": config.loss.finetune,
                "ewc": 1.0}  # the EWC term carries its own weight (loss.ewc)
+    with accelerator.accumulate(model):
+        n_ltm, n_stm = memory.replay.counts(len(memory.ltm) > 0, len(memory.stm) > 0)
+        ltm_items, replayed = memory.ltm.sample(n_ltm, rng), memory.stm.sample_hard(n_stm, rng)
+        new = schedule.sample(step, config.train.batch_size - n_ltm - n_stm)
+        out = compute_losses(model, cache, new, replayed, ltm_items, config, accelerator.device, memory.teacher)
+        penalty = memory.ewc.penalty(accelerator.unwrap_model(model)) if memory.ewc else None
+        out.parts["ewc"] = penalty if penalty is not None else out.parts["task"].new_zeros(())
+        total_loss = losses.weighted_total(out.parts, weights)
+        if not torch.isfinite(total_loss):
+            raise TrainingError(
+                f"non-finite loss at step {step} (stage {stage}): "
+                + ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
+                + f". Last good checkpoint: {latest_checkpoint(run_dir) or 'none'} (resume with --resume {run_dir})"
+            )
+        accelerator.backward(total_loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        if memory.teacher is not None:
+            memory.teacher.update(accelerator.unwrap_model(model))
+        if memory.enabled:
+            memory.stm.update(new + replayed, out.new_hardness + out.replay_hardness)
+    return {"total": total_loss.item(), **{k: v.item() for k, v in out.parts.items()}}, out.tokens
 
-    # 4. The loop: one optimizer step per iteration, stage ends, checkpoints
-    model.train()
-    while state.step < config.train.max_steps:
-        step, stage = state.step, stages[schedule.stage_index(state.step)].name
-        for _ in range(config.train.grad_accum):
-            with accelerator.accumulate(model):
-                n_ltm, n_stm = replay.counts(len(ltm) > 0, len(stm) > 0)
-                ltm_items, replayed = ltm.sample(n_ltm, rng), stm.sample_hard(n_stm, rng)
-                new = schedule.sample(step, config.train.batch_size - n_ltm - n_stm)
-                out = compute_losses(model, cache, new, replayed, ltm_items, config, accelerator.device, teacher)
-                penalty = ewc.penalty(accelerator.unwrap_model(model)) if ewc else None
-                out.parts["ewc"] = penalty if penalty is not None else out.parts["task"].new_zeros(())
-                total_loss = losses.weighted_total(out.parts, weights)
-                if not torch.isfinite(total_loss):
-                    raise TrainingError(
-                        f"non-finite loss at step {step} (stage {stage}): "
-                        + ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
-                        + f". Last good checkpoint: {latest_checkpoint(run_dir) or 'none'} (resume with --resume "
-                        f"{run_dir})"
-                    )
-                accelerator.backward(total_loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-                if teacher is not None:
-                    teacher.update(accelerator.unwrap_model(model))
-                if mc.enabled:
-                    stm.update(new + replayed, out.new_hardness + out.replay_hardness)
-            log.add({"total": total_loss.item(), **{k: v.item() for k, v in out.parts.items()}}, out.tokens)
-            state.tokens += out.tokens * accelerator.num_processes  # every process takes a batch of its own
-        scheduler.step()
-        state.step += 1
-        bar.step()
-        if state.step % config.train.log_every == 0 or state.step == config.train.max_steps:
-            record = log.flush(state.step, {"stage": stage, "lr": scheduler.get_last_lr()[0],
-                                            "competence": schedule.competence(step), "ltm_size": len(ltm),
-                                            "stm_size": len(stm)}, accelerator.num_processes)  # fmt: skip
-            accelerator.log({k: v for k, v in record.items() if k != "stage"}, step=state.step)
-            bar.status(state.step, f"{stage} c={record['competence']:.2f} task={record['loss_task']:.3f} "
-                       f"cons={record['loss_consistency']:.3f} ft={record['loss_finetune']:.3f} "
-                       f"{record['tokens_per_s']:.0f} tok/s")  # fmt: skip
-        end_of_step(state, schedule, stages, val_groups, accelerator.unwrap_model(model), tokenizer, template, cache,
-                    stm, ltm, embedder, config, rng, accelerator.device, bar, ewc)  # fmt: skip
-        if state.step % config.train.save_every == 0 or state.step == config.train.max_steps:
-            state.wall_s = time.perf_counter() - run_start
-            save_checkpoint(run_dir, state.step, accelerator, model, optimizer, scheduler, {
-                "state": state, "schedule": schedule.state_dict(), "stm": stm.state_dict(), "ltm": ltm.state_dict(),
-                "replay": replay.state_dict(), "rng": rng_states(rng), "ema": teacher and teacher.state_dict(),
-                "ewc": ewc and ewc.state_dict()})  # fmt: skip
-    bar.close()
 
-    # 5. Outputs
-    state.wall_s = time.perf_counter() - run_start
-    weights = trainable_state(accelerator.unwrap_model(model))  # collective under FSDP: every process gathers
-    if main:
-        save_outputs(run_dir, accelerator.unwrap_model(model), weights, tokenizer, config, ltm, stages, state,
-                     trainable, total, log.records)  # fmt: skip
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # last: it also takes down the process group the barrier above needs
-    return run_dir
+def log_progress(log: MetricsLog, bar: ProgressDisplay, accelerator, step: int, stage: str, lr: float,
+                 competence: float, memory: Memory) -> None:  # fmt: skip
+    record = log.flush(step, {"stage": stage, "lr": lr, "competence": competence, "ltm_size": len(memory.ltm),
+                              "stm_size": len(memory.stm)}, accelerator.num_processes)  # fmt: skip
+    accelerator.log({k: v for k, v in record.items() if k != "stage"}, step=step)
+    bar.status(step, f"{stage} c={competence:.2f} task={record['loss_task']:.3f} "
+               f"cons={record['loss_consistency']:.3f} ft={record['loss_finetune']:.3f} "
+               f"{record['tokens_per_s']:.0f} tok/s")  # fmt: skip
 
 
 def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val_groups, model, tokenizer, template,
-                cache, stm, ltm, embedder, config: RunConfig, rng, device, bar, ewc: EWC | None) -> None:  # fmt: skip
+                cache, memory: Memory, config: RunConfig, rng, device, bar) -> None:  # fmt: skip
     """Plateau checks, consolidation and the stage matrices' next row, where this step calls for them."""
     cc, mc, steps = config.curriculum, config.memory, state.step
     index = schedule.stage_index(steps - 1)
@@ -451,11 +497,12 @@ def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val
     if at_end:
         schedule.start_next_stage()
     if mc.enabled and (at_end or (mc.consolidate_every and steps % mc.consolidate_every == 0)):
-        consolidate(model, cache, stm, ltm, embedder, stages[index].name, config, rng, device)
-    if at_end and ewc is not None:
+        consolidate(model, cache, memory.stm, memory.ltm, memory.embedder, stages[index].name, config, rng, device)
+    if at_end and memory.ewc is not None:
         sample = random.Random(index).sample(stages[index].examples, min(64, len(stages[index].examples)))
-        ewc.consolidate(model, (compute_losses(model, cache, sample[i : i + 8], [], [], config, device).parts["task"]
-                                for i in range(0, len(sample), 8)))  # fmt: skip
+        batches = (sample[i : i + 8] for i in range(0, len(sample), 8))
+        memory.ewc.consolidate(model, (compute_losses(model, cache, b, [], [], config, device).parts["task"]
+                                       for b in batches))  # fmt: skip
     every = config.train.eval_every and steps % config.train.eval_every == 0
     if (at_end or every) and config.train.eval_max_examples and any(val_groups):
         row = stage_row(model, tokenizer, val_groups, config.train.eval_max_examples, config.model.max_length,
