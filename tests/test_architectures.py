@@ -139,7 +139,7 @@ def test_icft_train_with_memory(name, model_dirs, staged_data, tmp_path, monkeyp
     pairs = {
         "model.name": model_dirs[name], "model.max_length": 48, "data.train": f"[{train}]",
         "data.validation": f"[{val}]", "train.max_steps": 4, "train.batch_size": 4, "train.log_every": 1,
-        "train.save_every": 100, "train.eval_max_examples": 4, "memory.enabled": "true", "memory.ltm_capacity": 8,
+        "train.save_every": 2, "train.eval_max_examples": 4, "memory.enabled": "true", "memory.ltm_capacity": 8,
         "memory.stm_capacity": 8, "peft.target_modules": "all-linear",
     }  # fmt: skip
     run = tmp_path / "run"
@@ -153,3 +153,21 @@ def test_icft_train_with_memory(name, model_dirs, staged_data, tmp_path, monkeyp
     assert adapter["peft_type"] == "LORA"
     template = "chat" if name == "qwen2" else "plain"
     assert f"prompt template {template}" in capsys.readouterr().out
+
+    # Killed after step 2 (its last checkpoint), resumed: the same adapter as the run that went straight on.
+    import shutil
+
+    from safetensors.torch import load_file
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000004")
+    shutil.rmtree(resumed / "adapter")
+    assert main(["train", "--resume", str(resumed)]) == 0
+    a, b = (load_file(r / "adapter" / "adapter_model.safetensors") for r in (run, resumed))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+    # icft eval on the run: base model + adapter, the run's prompt template, the trivial baselines beside it.
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--data", str(val), "--max-examples", "8"]) == 0
+    assert "[position-prior]" in capsys.readouterr().out

@@ -131,6 +131,29 @@ def difference_table(results: dict) -> list[str]:
     return lines
 
 
+def in_plain_words(results: dict) -> list[str]:
+    """What the tables say, one sentence per baseline: where ICFT is better or worse beyond the noise, and
+    which methods beat no trivial baseline. A difference whose interval includes 0 is called no difference."""
+    labels = {key: label for key, label, _ in report_rows(results)}
+    lines = ["In plain words:"]
+    for method, row in results.get("statistics", {}).get("differences", {}).items():
+        better = [labels.get(k, k) for k, d in row.items() if d and d["significant"] and
+                  (d["mean"] < 0 if k.endswith("forgetting") else d["mean"] > 0)]  # fmt: skip
+        worse = [labels.get(k, k) for k, d in row.items() if d and d["significant"] and
+                 (d["mean"] > 0 if k.endswith("forgetting") else d["mean"] < 0)]  # fmt: skip
+        if not better and not worse:
+            lines.append(f"- ICFT and {method}: no difference beyond the noise on any metric (every 95% interval "
+                         "includes 0).")  # fmt: skip
+        else:
+            lines.append(f"- ICFT against {method}: better on {', '.join(better) or 'nothing'}; worse on "
+                         f"{', '.join(worse) or 'nothing'} (95% intervals excluding 0); no difference elsewhere.")
+    below = [line.split("**")[1] for line in below_baselines(results) if line.startswith("- **")]
+    if below:
+        lines.append(f"- Not above the best trivial baseline on at least one accuracy: {', '.join(below)} "
+                     "(see the list above); such a figure is no evidence of learning.")  # fmt: skip
+    return lines
+
+
 def report_markdown(results: dict, config: RunConfig, matrices: dict) -> str:
     seeds = ", ".join(map(str, config.compare.seeds))
     stats = results.get("statistics", {})
@@ -160,6 +183,8 @@ def report_markdown(results: dict, config: RunConfig, matrices: dict) -> str:
         "lower is better: a negative difference favours ICFT.",
         "",
         *difference_table(results),
+        "",
+        *in_plain_words(results),
         "",
         "## Accuracy matrices (seed of the first run; rows: after stage i, columns: stage j)",
     ]

@@ -44,7 +44,15 @@ from ..data.schema import Example
 from ..data.sources import load_data
 from ..errors import ConfigError
 from ..evaluation.baselines import trivial_baselines
-from ..evaluation.report import below_baselines, difference_table, mean_std, plots, report_markdown, results_table
+from ..evaluation.report import (
+    below_baselines,
+    difference_table,
+    in_plain_words,
+    mean_std,
+    plots,
+    report_markdown,
+    results_table,
+)
 from ..evaluation.statistics import CONFIDENCE, N_RESAMPLES, compare_to
 from ..io import write_json, write_text
 
@@ -323,5 +331,6 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
     matrices = {m: outcomes[(m, first)]["matrix"] for m in methods if outcomes[(m, first)]["matrix"]}
     write_text(output_dir / "report.md", report_markdown(results, config, matrices))
     plots(output_dir, curves, matrices, results["methods"])
-    print("\n".join([results_table(results), "", *below_baselines(results), "", *difference_table(results)]))
+    print("\n".join([results_table(results), "", *below_baselines(results), "", *difference_table(results), "",
+                     *in_plain_words(results)]))
     return results
