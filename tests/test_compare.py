@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from icft.config import RunConfig, load_config, save_config
 from icft.errors import ConfigError
@@ -110,6 +111,11 @@ def test_a_changed_config_is_refused_but_more_seeds_are_fine(tmp_path):
                                            "compare.methods=[icft]"]), tmp_path)  # fmt: skip
     with pytest.raises(ConfigError, match=r"\(compare.max_test_examples, train.max_steps changed\)"):
         C.check_same_config(load_config(None, ["train.max_steps=7", "compare.max_test_examples=3"]), tmp_path)
+    # A folder saved before a key existed: the missing key counts as its default, not as a change.
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["compare"]["lr_scales"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    C.check_same_config(config, tmp_path)
 
 
 def test_model_label_recalls_read_the_misses():
@@ -206,7 +212,8 @@ def test_compare_runs_every_method_writes_report_and_resumes(tiny_llama_dir, sta
     out = tmp_path / "cmp"
     results = compare(config, out)
     saved = json.loads((out / "results.json").read_text())
-    assert saved.keys() == {"methods", "per_seed", "baselines", "statistics"}
+    assert saved.keys() == {"methods", "per_seed", "baselines", "statistics", "learning_rates"}
+    assert saved["learning_rates"] == {"lora-sequential": config.train.lr, "icft": config.train.lr}
     assert saved["methods"].keys() == {"base", "lora-sequential", "icft"} == results["methods"].keys()
     for method in ("lora-sequential", "icft"):
         m = saved["methods"][method]
@@ -239,3 +246,54 @@ def test_compare_runs_every_method_writes_report_and_resumes(tiny_llama_dir, sta
     assert "resumed from" in said and said.count("icft seed 1:") == 1 and "lora-sequential seed" not in said
     assert again["methods"]["lora-sequential"] == saved["methods"]["lora-sequential"]
     assert again["per_seed"]["icft"]["1"]["train/accuracy"] == saved["per_seed"]["icft"]["1"]["train/accuracy"]
+
+
+def test_best_scale_takes_validation_accuracy_then_nll_and_breaks_ties_towards_the_configured_rate():
+    acc = {0.3: {"average_accuracy": 0.40, "average_nll": 3.0}, 1.0: {"average_accuracy": 0.45, "average_nll": 3.5},
+           3.0: {"average_accuracy": 0.50, "average_nll": 4.0}}  # fmt: skip
+    assert C.best_scale(acc) == 3.0
+    acc[1.0]["average_accuracy"] = 0.50
+    assert C.best_scale(acc) == 1.0  # a tie: the rate the config gives
+    nll = {0.5: {"average_accuracy": None, "average_nll": 2.0}, 2.0: {"average_accuracy": None, "average_nll": 1.5}}
+    assert C.best_scale(nll) == 2.0  # open-ended stages: lower answer NLL is better
+
+
+def test_each_method_scales_its_own_rate_and_full_ft_its_own():
+    config = load_config(None, ["train.lr=0.003", "compare.full_ft_lr=0.0002", "compare.lr_scales=[0.5, 2]"])
+    assert method_config(config, "icft", 0).train.lr == 0.003
+    assert method_config(config, "full-ft", 0).train.lr == 0.0002
+    assert method_config(config, "full-ft", 0, lr=2 * C.default_lr(config, "full-ft")).train.lr == 0.0004
+    with pytest.raises(ConfigError, match="compare.lr_scales"):
+        load_config(None, ["compare.lr_scales=[0, 1]"])
+
+
+@pytest.mark.slow
+def test_compare_chooses_each_learning_rate_on_validation(tiny_llama_dir, staged_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
+    from icft.recipes.compare import compare
+
+    train, val = staged_data
+    config = load_config(None, [
+        f"model.name={tiny_llama_dir}", "model.max_length=48", f"data.train=[{train}]", f"data.validation=[{val}]",
+        "train.max_steps=4", "train.batch_size=4", "train.save_every=4", "train.eval_max_examples=6",
+        "train.lr=0.003", "compare.methods=[base, lora-sequential]", "compare.seeds=[0]",
+        f"compare.test=[{val}]", "compare.max_test_examples=3", "compare.lr_scales=[0.1, 10]",
+    ])  # fmt: skip
+    out = tmp_path / "cmp"
+    results = compare(config, out)
+    selection = json.loads((out / "lr_selection.json").read_text())["lora-sequential"]
+    assert set(selection["runs"]) == {"x0.1", "x10"}
+    for name, run in selection["runs"].items():
+        assert run["lr"] == pytest.approx(float(name[1:]) * 0.003)
+        assert (out / "lora-sequential" / "lr-select" / name / "stage_eval.json").exists()
+        assert not (out / "lora-sequential" / "lr-select" / name / "result.json").exists()  # no test data read
+    chosen = C.best_scale({float(k[1:]): v for k, v in selection["runs"].items()})
+    assert selection["chosen_scale"] == chosen and selection["lr"] == pytest.approx(chosen * 0.003)
+    seeded = load_config(str(out / "lora-sequential" / "seed0" / "config.yaml"))
+    assert seeded.train.lr == pytest.approx(selection["lr"]) == results["learning_rates"]["lora-sequential"]
+    assert "chosen on validation from x0.1, x10" in (out / "report.md").read_text()
+
+    written = {p: p.stat().st_mtime_ns for p in (out / "lora-sequential" / "lr-select").rglob("*.json")}
+    compare(config, out)  # again: the selection runs are kept, not retrained
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    assert json.loads((out / "lr_selection.json").read_text())["lora-sequential"] == selection

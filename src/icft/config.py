@@ -134,6 +134,9 @@ class CompareConfig:
     max_test_examples: int = at_least(0, 0)  # per kind (0: all)
     full_ft_lr: float = at_least(1e-4, 0.0)  # full fine-tuning needs a smaller step than LoRA
     jobs: int = at_least(1, 1)  # runs side by side, one CPU thread each (CPU machines); 1 = one after another
+    # Learning-rate selection, the same for every method: at the first seed, train with each scale times the
+    # method's own rate (train.lr; full_ft_lr for full-ft), keep the best on validation. []: no selection.
+    lr_scales: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -262,6 +265,8 @@ def check(config: RunConfig) -> None:
         raise ConfigError("config key 'compare.seeds': give at least one seed, e.g. [0, 1, 2]")
     if not config.compare.methods:
         raise ConfigError("config key 'compare.methods': give at least one method")
+    if any(not isinstance(x, (int, float)) or x <= 0 for x in config.compare.lr_scales):
+        raise ConfigError(f"config key 'compare.lr_scales': scales must be positive, got {config.compare.lr_scales}")
 
 
 def _check_fields(node: Any, prefix: str) -> None:

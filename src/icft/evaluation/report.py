@@ -154,6 +154,14 @@ def in_plain_words(results: dict) -> list[str]:
     return lines
 
 
+def learning_rates_line(results: dict, config: RunConfig) -> str:
+    how = (f"chosen on validation from {', '.join(f'x{s:g}' for s in config.compare.lr_scales)} of each method's "
+           "own rate at the first seed, `lr_selection.json`" if config.compare.lr_scales else
+           "as configured, not tuned per method")  # fmt: skip
+    rates = ", ".join(f"{m} {lr:g}" for m, lr in results.get("learning_rates", {}).items())
+    return f"Learning rates ({how}): {rates or '-'}."
+
+
 def report_markdown(results: dict, config: RunConfig, matrices: dict) -> str:
     seeds = ", ".join(map(str, config.compare.seeds))
     stats = results.get("statistics", {})
@@ -168,6 +176,8 @@ def report_markdown(results: dict, config: RunConfig, matrices: dict) -> str:
         "backward transfer come from the validation splits after each stage's step budget. The trivial "
         "columns score the same test items without a model: `random` is the expected score of a uniform "
         "guess, `majority` one constant answer, `position-prior` the option position that is right most often.",
+        "",
+        learning_rates_line(results, config),
         "",
         results_table(results),
         "",

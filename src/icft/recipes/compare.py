@@ -20,6 +20,10 @@ Methods (each a set of config overrides on the same base config, so the comparis
 Test data: one or more files (default the bundled test-retention and test-unseen), each evaluated and
 reported on its own. Nothing here is tuned on test data.
 
+Learning rates (compare.lr_scales): every method's rate is chosen the same way, on validation only: at the
+first seed, one training run per scale times the method's own rate (<output>/<method>/lr-select/x<scale>),
+keeping the best average stage accuracy; the seeded runs then use it.
+
 Each method/seed run folder (<output>/<method>/seed<N>) ends with `items.json` (every test item's score, so
 statistics can pair items across methods and seeds) and then `result.json`, written last: a folder with
 `result.json` is a finished run, kept when `icft compare` runs again on the same output folder; one with
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -37,9 +42,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import yaml
-
-from ..config import RunConfig, check, save_config
+from ..config import RunConfig, check, load_config, save_config
 from ..data.schema import Example
 from ..data.sources import load_data
 from ..errors import ConfigError
@@ -78,7 +81,8 @@ REFERENCE = "icft"  # the method the paired differences are taken from
 SCHEDULING_KEYS = ("compare.methods", "compare.seeds", "compare.jobs")
 
 
-def method_config(config: RunConfig, method: str, seed: int) -> RunConfig:
+def method_config(config: RunConfig, method: str, seed: int, lr: float | None = None) -> RunConfig:
+    """The config of one method/seed run; `lr` replaces the method's own learning rate (default_lr)."""
     if method not in METHOD_OVERRIDES:
         known = ", ".join(METHOD_OVERRIDES)
         raise ConfigError(f"config key 'compare.methods': unknown method '{method}' (known: {known})")
@@ -88,12 +92,15 @@ def method_config(config: RunConfig, method: str, seed: int) -> RunConfig:
         if not hasattr(getattr(out, section), name):  # setattr would add it silently, and nothing would read it
             raise ConfigError(f"method '{method}' sets config key '{key}', which this version does not have")
         setattr(getattr(out, section), name, value)
-    if method == "full-ft":
-        out.train.lr = config.compare.full_ft_lr
+    out.train.lr = default_lr(config, method) if lr is None else lr
     out.train.seed = seed
     out.name = f"{config.name}-{method}-seed{seed}"
     check(out)  # the overrides go through the same checks as the config itself
     return out
+
+
+def default_lr(config: RunConfig, method: str) -> float:
+    return config.compare.full_ft_lr if method == "full-ft" else config.train.lr
 
 
 def limit_per_kind(examples: list[Example], n: int) -> list[Example]:
@@ -198,7 +205,8 @@ def train_run(cfg: RunConfig, run_dir: Path, status: str) -> None:
         train(cfg, run_dir, resume=status == "interrupted")
 
 
-def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, status: str = "new") -> dict:
+def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, status: str = "new",
+               lr: float | None = None) -> dict:
     """Train one method with one seed (nothing for `base`), then evaluate it on each test file.
 
     Writes items.json, then result.json ({"metrics", "curve", "matrix"}, also returned) last, so that a run
@@ -208,7 +216,7 @@ def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, stat
     from ..models import count_parameters
     from ..runs import load_base, load_run
 
-    cfg = method_config(config, method, seed)
+    cfg = method_config(config, method, seed, lr)
     run_dir = run_dir_of(output_dir, method, seed)
     curve, matrix = [], []
     if method == "base":
@@ -235,6 +243,63 @@ def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, stat
     return outcome
 
 
+def lr_selection_dir(output_dir: Path, method: str, scale: float) -> Path:
+    return output_dir / method / "lr-select" / f"x{scale:g}"
+
+
+def lr_selection_run(config: RunConfig, method: str, scale: float, output_dir: Path) -> dict:
+    """Train one method at the first seed with `scale` times its own learning rate, and return its
+    validation scores from stage_eval.json. Training only: the test files are never read here."""
+    cfg = method_config(config, method, config.compare.seeds[0], lr=scale * default_lr(config, method))
+    run_dir = lr_selection_dir(output_dir, method, scale)
+    train_run(cfg, run_dir, run_status(run_dir))
+    stage_eval = json.loads((run_dir / "stage_eval.json").read_text())
+    return {"lr": cfg.train.lr, "average_accuracy": stage_eval["average_accuracy"],
+            "average_nll": stage_eval["average_nll"]}  # fmt: skip
+
+
+def best_scale(scores: dict[float, dict]) -> float:
+    """The scale with the best average stage accuracy on validation (lowest answer NLL where nothing is
+    scored by choice); a tie goes to the scale nearest 1, the rate the config gives."""
+    def key(scale: float) -> tuple:
+        s = scores[scale]
+        quality = s["average_accuracy"] if s["average_accuracy"] is not None else -(s["average_nll"] or math.inf)
+        return (quality, -abs(math.log(scale)))
+
+    return max(scores, key=key)
+
+
+def select_learning_rates(config: RunConfig, output_dir: Path) -> dict[str, float]:
+    """Every trained method's learning rate, chosen on validation the same way for all (compare.lr_scales
+    times the method's own rate, at the first seed). Writes lr_selection.json; finished selection runs are
+    kept when compare runs again, as the seeded runs are."""
+    scales = config.compare.lr_scales
+    jobs = [(m, scale) for m in config.compare.methods if m != "base" for scale in scales]
+    scores: dict[str, dict[float, dict]] = {m: {} for m, _ in jobs}
+    print(f"choosing learning rates on validation: {len(jobs)} runs ({', '.join(f'x{s:g}' for s in scales)} "
+          "of each method's rate)", flush=True)  # fmt: skip
+    with _pool(config) as pool:
+        futures = {pool.submit(lr_selection_run, config, m, scale, output_dir): (m, scale) for m, scale in jobs}
+        for future in as_completed(futures):
+            method, scale = futures[future]
+            scores[method][scale] = future.result()
+            print(f"  {method} lr {scores[method][scale]['lr']:.2g}: average stage accuracy "
+                  f"{scores[method][scale]['average_accuracy']}", flush=True)  # fmt: skip
+    chosen = {m: best_scale(by_scale) for m, by_scale in scores.items()}
+    write_json(output_dir / "lr_selection.json", {
+        m: {"chosen_scale": chosen[m], "lr": scores[m][chosen[m]]["lr"],
+            "runs": {f"x{scale:g}": s for scale, s in sorted(scores[m].items())}} for m in scores
+    })  # fmt: skip
+    return {m: scores[m][chosen[m]]["lr"] for m in scores}
+
+
+def _pool(config: RunConfig) -> ProcessPoolExecutor:
+    """Every run gets a fresh process, so that its peak memory is its own."""
+    parallel = config.compare.jobs > 1
+    return ProcessPoolExecutor(config.compare.jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_one_thread_worker if parallel else None, max_tasks_per_child=1)
+
+
 def _one_thread_worker() -> None:
     # Two single-threaded runs side by side get more from two cores than one run on both (1.4x measured
     # with the embedded default): small matrix products do not scale well across threads.
@@ -250,7 +315,8 @@ def check_same_config(config: RunConfig, output_dir: Path) -> None:
     saved = output_dir / "config.yaml"
     if not saved.exists():
         return
-    old, new = _flat(yaml.safe_load(saved.read_text()) or {}), _flat(config.to_dict())
+    # Read through load_config, so that a key added in a later version counts as its default, not a change.
+    old, new = _flat(load_config(saved).to_dict()), _flat(config.to_dict())
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in SCHEDULING_KEYS)
     if changed:
         raise ConfigError(f"{output_dir} holds runs of another config ({', '.join(changed)} changed): give a new "
@@ -287,6 +353,7 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
     # `base` is untrained, the same model whatever the seed: evaluated once.
     seeds, first = config.compare.seeds, config.compare.seeds[0]
     jobs = [(m, s) for m in config.compare.methods for s in (seeds[:1] if m == "base" else seeds)]
+    lrs = select_learning_rates(config, output_dir) if config.compare.lr_scales else {}
     status = plan(jobs, output_dir)
     outcomes = {job: json.loads((run_dir_of(output_dir, *job) / "result.json").read_text())
                 for job in jobs if status[job] == "finished"}  # fmt: skip
@@ -300,12 +367,10 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
         print(f"[{len(outcomes)}/{len(jobs)} {time.perf_counter() - started:.0f}s] {job[0]} seed {job[1]}: "
               + ", ".join(f"{k}={m[k]:.3f}" for k in shown), flush=True)  # fmt: skip
 
-    if todo:  # every run gets a fresh process, so that its peak memory is its own
-        parallel = config.compare.jobs > 1
-        with ProcessPoolExecutor(config.compare.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_thread_worker if parallel else None,
-                                 max_tasks_per_child=1) as pool:  # fmt: skip
-            futures = {pool.submit(run_method, config, m, s, output_dir, status[(m, s)]): (m, s) for m, s in todo}
+    if todo:
+        with _pool(config) as pool:
+            futures = {pool.submit(run_method, config, m, s, output_dir, status[(m, s)], lrs.get(m)): (m, s)
+                       for m, s in todo}  # fmt: skip
             for future in as_completed(futures):
                 done(futures[future], future.result())
 
@@ -325,6 +390,7 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
         "per_seed": {m: {str(s): metrics for s, metrics in rows.items()} for m, rows in per_seed.items()},
         "baselines": baselines,
         "statistics": statistics,
+        "learning_rates": {m: lrs.get(m, default_lr(config, m)) for m in methods if m != "base"},
     }
     write_json(output_dir / "results.json", results)
     curves = {m: outcomes[(m, first)]["curve"] for m in methods if outcomes[(m, first)]["curve"]}
