@@ -1,17 +1,24 @@
-"""ICFT on real public medical data: base vs lora-mixed vs icft, evaluated on held-out parts.
+"""ICFT on real public medical data: base, lora-sequential, lora-mixed and icft, several seeds, each stage's
+held-out score after every stage, forgetting, and the test scores beside the trivial baselines.
 
 Stages, from the files in ../shared/data (read in place, never copied):
   general:   the bundled general-domain examples (the shared folder has no general text)
   knowledge: MedQuAD question -> answer (open QA)
   clinical:  PubMedQA yes/no/maybe questions, MMLU medical multiple choice, PubMedQA preference pairs
-Held out, by a hash of the id (MedQuAD: of the focus, so test documents are on topics never trained on):
+Held out, by a hash of the id (MedQuAD: of the focus, so test documents are on topics never trained on; MMLU:
+  of the question, which two subsets share once):
   PubMedQA 20%, MMLU-medical 40%, MedQuAD 5% of foci; preference pairs on held-out PubMedQA questions are
-  dropped from training too. Validation (for the stage accuracy matrix) is a further slice of training data.
+  dropped from training too. Validation (for the stage matrix) is a further slice of training data; the
+  general stage is validated on the bundled retention probes of taught general facts. `disjointness` checks
+  that no test item shares an id, a question or a MedQuAD focus with training (also a test).
+Stage scores: accuracy where a stage's items have options (general, clinical), answer NLL per token where
+they are open (MedQuAD; lower is better); forgetting in each (accuracy drop, NLL rise).
 Beside the methods, the table shows what needs no model on the same test items: a uniform random guess, the
 majority label (PubMedQA: one constant answer, with its macro-F1 and per-label recall) and the best option
-position (MMLU), so a score can be read against its floor.
+position (MMLU), so a score can be read against its floor. Finished runs are kept in --work-dir and reused.
 
-    python benchmarks/real_data.py --data ../shared/data --steps 150 --json real_data.json
+    python benchmarks/real_data.py --data ../shared/data --steps 150 --seeds 0,1,2 \
+        --out benchmarks/results/real-data
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
+import statistics
 import time
 from pathlib import Path
 
@@ -32,7 +39,8 @@ from icft.data.loaders import load_examples  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
 from icft.evaluation.baselines import model_label_recalls, trivial_baselines  # noqa: E402
 from icft.evaluation.evaluate import evaluate_examples  # noqa: E402
-from icft.io import write_jsonl  # noqa: E402
+from icft.evaluation.report import mean_std  # noqa: E402
+from icft.io import write_json, write_jsonl, write_text  # noqa: E402
 from icft.models import load_model  # noqa: E402
 from icft.recipes.compare import method_config  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
@@ -65,7 +73,8 @@ def build(data: Path, max_medquad: int, max_length_words: int) -> dict[str, dict
             split[part][name] = staged([e for e in examples if keep(e)], stage)
 
     put("pubmedqa", pubmedqa, lambda e: e.id in test_pmids, lambda e: bucket("val" + e.id) < 10, "clinical")
-    put("mmlu_medical", mmlu, lambda e: bucket(e.id) < 40, lambda e: bucket("val" + e.id) < 10, "clinical")
+    # by the question's text: one MMLU question appears in two subsets under two ids
+    put("mmlu_medical", mmlu, lambda e: bucket(e.question) < 40, lambda e: bucket("val" + e.id) < 10, "clinical")
     put("pairs", pairs, lambda e: e.id.split("/")[-1] in test_pmids, lambda e: bucket("val" + e.id) < 10, "clinical")
     put("medquad", medquad, lambda e: bucket(e.meta.get("focus", e.id)) < 5,
         lambda e: bucket("val" + e.id) < 3, "knowledge")  # fmt: skip
@@ -74,10 +83,65 @@ def build(data: Path, max_medquad: int, max_length_words: int) -> dict[str, dict
     split["validation"]["medquad"] = split["validation"]["medquad"][:100]
     general = [ex for ex in load_data(["bundled:train"]) if ex.source == "icft-general"]
     split["train"]["general"] = staged(general, "general")
-    split["validation"]["general"] = staged([ex for ex in load_data(["bundled:validation"])
+    split["validation"]["general"] = staged([ex for ex in load_data(["bundled:validation-retention"])
                                              if ex.source == "icft-general"], "general")  # fmt: skip
     del split["test"]["pairs"]
     return split
+
+
+def disjointness(split: dict[str, dict[str, list]]) -> dict[str, int]:
+    """Overlaps between test and training: ids, question texts, MedQuAD foci. All must be 0."""
+    train = [ex for group in split["train"].values() for ex in group]
+    test = [ex for group in split["test"].values() for ex in group]
+    train_foci = {ex.meta.get("focus") for ex in split["train"]["medquad"]}
+    return {
+        "ids": len({ex.id for ex in train} & {ex.id for ex in test}),
+        "questions": len({ex.question for ex in train if ex.question} & {ex.question for ex in test if ex.question}),
+        "medquad_foci": len(train_foci & {ex.meta.get("focus") for ex in split["test"]["medquad"]} - {None}),
+    }
+
+
+def run_one(base, method: str, seed: int, split: dict, work: Path, max_length: int) -> dict:
+    """One method/seed: train (nothing for base), then score each test set. Cached as <work>/<run>/row.json."""
+    run = work / f"{method}-seed{seed}"
+    if (run / "row.json").exists():
+        return json.loads((run / "row.json").read_text())
+    config = method_config(base, method, seed)
+    start = time.perf_counter()
+    row: dict = {}
+    if method == "base":
+        model, tokenizer = load_model(config.model.name)
+    else:
+        train(config, run)
+        model, tokenizer = load_run(run)
+        stage_eval = json.loads((run / "stage_eval.json").read_text())
+        row["stage_eval"] = {k: stage_eval[k] for k in ("stages", "metric", "accuracy_matrix", "nll_matrix")}
+        row.update({k: stage_eval[k] for k in ("forgetting", "forgetting_nll")})
+    row["train_s"] = time.perf_counter() - start
+    for name, examples in split["test"].items():
+        result = evaluate_examples(model, tokenizer, examples, max_length=max_length, progress=False)
+        m = {**result.metrics, **model_label_recalls(examples, result.errors)}
+        row.update({f"{name}/{key}": m[key] for key in METRICS if key in m})
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / "row.json", row)
+    return row
+
+
+def stage_table(rows: list[dict]) -> list[str]:
+    """Mean over seeds of each stage's score after every stage, in the stage's own metric."""
+    first = rows[0]["stage_eval"]
+    stages, metrics = first["stages"], first["metric"]
+    lines = ["| after stage | " + " | ".join(f"{s} ({'acc' if m == 'accuracy' else 'NLL'})"
+                                             for s, m in zip(stages, metrics)) + " |",
+             "|---|" + "---|" * len(stages)]  # fmt: skip
+    for i, stage in enumerate(stages):
+        cells = []
+        for j, metric in enumerate(metrics):
+            matrix = "accuracy_matrix" if metric == "accuracy" else "nll_matrix"
+            values = [r["stage_eval"][matrix][i][j] for r in rows if r["stage_eval"][matrix][i][j] is not None]
+            cells.append(f"{statistics.mean(values):.3f}" if values else "–")
+        lines.append(f"| {i + 1} ({stage}) | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> int:
@@ -85,63 +149,67 @@ def main() -> int:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--model", default="minilm-decoder")
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--methods", default="base,lora-mixed,icft")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--methods", default="base,lora-sequential,lora-mixed,icft")
+    parser.add_argument("--work-dir", default="runs/real-data", help="run folders; finished runs are reused")
+    parser.add_argument("--out", help="write results.json and report.md here")
     args = parser.parse_args()
     data = Path(args.data)
     if not (data / "pubmedqa" / "train.jsonl").exists():
         raise SystemExit(f"error: {data} does not hold the shared medical data (pubmedqa/train.jsonl missing)")
 
     split = build(data, max_medquad=1500, max_length_words=120)
-    work = Path(tempfile.mkdtemp(prefix="icft-real-"))
+    overlaps = disjointness(split)
+    if any(overlaps.values()):
+        raise SystemExit(f"error: test items overlap training: {overlaps}")
+    work = Path(args.work_dir) / f"{args.model.replace('/', '--')}-{args.steps}steps"
+    work.mkdir(parents=True, exist_ok=True)
     files = {}
     for part in ("train", "validation"):
         files[part] = str(work / f"{part}.jsonl")
         write_jsonl(files[part], [ex.to_dict() for group in split[part].values() for ex in group])
     for part in ("train", "validation", "test"):
         print(part + ": " + ", ".join(f"{k} {len(v)}" for k, v in split[part].items()))
+    print(f"test/train overlaps (ids, questions, MedQuAD foci): {overlaps}")
 
     base = load_config(None, [
         f"model.name={args.model}", f"model.max_length={args.max_length}", f"data.train=[{files['train']}]",
         f"data.validation=[{files['validation']}]", f"train.max_steps={args.steps}", "train.batch_size=8",
         f"train.save_every={args.steps}", "train.eval_max_examples=60", "curriculum.stage_steps=[1, 2, 2]",
     ])  # fmt: skip
-    results = {}
-    for method in args.methods.split(","):
-        config = method_config(base, method, args.seed)
-        start = time.perf_counter()
-        if method == "base":
-            model, tokenizer = load_model(config.model.name)
-        else:
-            train(config, work / method)
-            model, tokenizer = load_run(work / method)
-        row = {"train_s": time.perf_counter() - start}
-        for name, examples in split["test"].items():
-            result = evaluate_examples(model, tokenizer, examples, max_length=args.max_length, progress=False)
-            m = {**result.metrics, **model_label_recalls(examples, result.errors)}
-            row.update({f"{name}/{key}": m[key] for key in METRICS if key in m})
-        results[method] = row
-        print(method, json.dumps(row), flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    rows = {m: [run_one(base, m, s, split, work, args.max_length) for s in (seeds[:1] if m == "base" else seeds)]
+            for m in methods}  # fmt: skip
+    results = {m: mean_std([{k: v for k, v in r.items() if isinstance(v, (int, float))} for r in rs])
+               for m, rs in rows.items()}  # fmt: skip
     for name, examples in split["test"].items():  # no model: the same items, answered by rule
         for baseline, values in trivial_baselines(examples).items():
-            results.setdefault(f"{baseline} (trivial)", {}).update({f"{name}/{k}": values[k] for k in METRICS
-                                                                    if k in values})  # fmt: skip
+            column = results.setdefault(f"{baseline} (trivial)", {})
+            column.update({f"{name}/{k}": {"mean": values[k], "std": 0.0, "n": 1} for k in METRICS if k in values})
 
-    keys = list(dict.fromkeys(k for row in results.values() for k in row if k != "train_s"))
-    print(f"\nReal data, {args.model}, {args.steps} steps, seed {args.seed}; test: "
-          + ", ".join(f"{k} {len(v)}" for k, v in split["test"].items()))  # fmt: skip
-    print("| metric | " + " | ".join(results) + " |\n|---|" + "---|" * len(results))
-    for key in keys + ["train_s"]:
-        print(f"| {key} | " + " | ".join(_cell(results[m].get(key)) for m in results) + " |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    keys = list(dict.fromkeys(k for column in results.values() for k in column if k != "train_s"))
+    lines = [f"Real data, {args.model}, {args.steps} steps of batch 8, seeds {args.seeds} (mean ± std; base once); "
+             "test: " + ", ".join(f"{k} {len(v)}" for k, v in split["test"].items()), "",
+             "| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]  # fmt: skip
+    lines += [f"| {key} | " + " | ".join(_cell(results[m].get(key)) for m in results) + " |"
+              for key in keys + ["train_s"]]  # fmt: skip
+    for method, rs in rows.items():
+        if method != "base":
+            lines += ["", f"{method}: each stage's held-out score after each stage (mean over seeds)", "",
+                      *stage_table(rs)]  # fmt: skip
+    print("\n" + "\n".join(lines))
+    if args.out:
+        write_json(Path(args.out) / "results.json", {"results": results, "runs": rows, "overlaps": overlaps})
+        write_text(Path(args.out) / "report.md", "\n".join(lines) + "\n")
     return 0
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+def _cell(value: dict | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value['mean']:.3f}" + (f" ± {value['std']:.3f}" if value["n"] > 1 else "")
 
 
 if __name__ == "__main__":
