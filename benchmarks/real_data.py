@@ -40,6 +40,7 @@ from icft.data.sources import load_data  # noqa: E402
 from icft.evaluation.baselines import model_label_recalls, trivial_baselines  # noqa: E402
 from icft.evaluation.evaluate import evaluate_examples  # noqa: E402
 from icft.evaluation.report import mean_std  # noqa: E402
+from icft.evaluation.statistics import paired_runs  # noqa: E402
 from icft.io import write_json, write_jsonl, write_text  # noqa: E402
 from icft.models import load_model  # noqa: E402
 from icft.recipes.compare import method_config  # noqa: E402
@@ -144,6 +145,37 @@ def stage_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def run_numbers(row: dict) -> dict[str, float]:
+    """One run's numbers that are compared across methods: its test metrics, forgetting, and each stage's
+    answer NLL after the last stage (lower is better)."""
+    numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "train_s"}
+    if "stage_eval" in row:
+        stages, final = row["stage_eval"]["stages"], row["stage_eval"]["nll_matrix"][-1]
+        numbers.update({f"final NLL, {stage}": v for stage, v in zip(stages, final) if v is not None})
+    return numbers
+
+
+def paired_table(rows: dict[str, list[dict]], seeds: list[int], reference: str = "icft") -> list[str]:
+    """`reference` minus each other trained method, paired by seed: mean [95% t interval] per number."""
+    others = [m for m in rows if m not in ("base", reference)]
+    if reference not in rows or not others or len(seeds) < 2:
+        return []
+    ours = [run_numbers(r) for r in rows[reference]]
+    keys = [k for k in ours[0] if not k.endswith(("accuracy_norm", "recall_maybe"))]
+    lines = [f"{reference} minus each method, paired by seed: mean [95% t interval over {len(seeds)} seeds]; "
+             "**bold** when it excludes 0 (for forgetting and NLL, lower is better)", "",
+             f"| metric | {' | '.join(others)} |", "|---|" + "---|" * len(others)]  # fmt: skip
+    for key in keys:
+        cells = []
+        for method in others:
+            theirs = [run_numbers(r).get(key) for r in rows[method]]
+            d = paired_runs(dict(zip(seeds, [o.get(key) for o in ours])), dict(zip(seeds, theirs)))
+            text = "–" if d is None else f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+            cells.append(f"**{text}**" if d is not None and d.significant else text)
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
@@ -199,6 +231,7 @@ def main() -> int:
         if method != "base":
             lines += ["", f"{method}: each stage's held-out score after each stage (mean over seeds)", "",
                       *stage_table(rs)]  # fmt: skip
+    lines += ["", *paired_table(rows, seeds)]
     print("\n" + "\n".join(lines))
     if args.out:
         write_json(Path(args.out) / "results.json", {"results": results, "runs": rows, "overlaps": overlaps})

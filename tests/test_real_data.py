@@ -27,3 +27,20 @@ def test_real_data_test_items_share_no_id_question_or_focus_with_training(real_d
     # the check is not vacuous: a training item moved into the test set is found
     split["test"]["mmlu_medical"].append(split["train"]["mmlu_medical"][0])
     assert real_data.disjointness(split)["ids"] == 1 and real_data.disjointness(split)["questions"] == 1
+
+
+def test_paired_table_pairs_runs_by_seed_and_marks_only_clear_gaps(real_data):
+    def row(forgetting: float, accuracy: float, general_nll: float) -> dict:
+        return {"forgetting": forgetting, "pubmedqa/accuracy": accuracy, "train_s": 1.0,
+                "stage_eval": {"stages": ["general", "clinical"], "nll_matrix": [[5.0, 6.0], [general_nll, 4.0]]}}
+
+    rows = {"base": [{"pubmedqa/accuracy": 0.3}],
+            "icft": [row(0.10, 0.50, 5.0), row(0.12, 0.40, 5.1), row(0.11, 0.60, 5.2)],
+            "lora-sequential": [row(0.30, 0.45, 6.0), row(0.31, 0.55, 6.1), row(0.29, 0.50, 6.2)]}  # fmt: skip
+    lines = real_data.paired_table(rows, seeds=[0, 1, 2])
+    cells = {line.split(" | ")[0].strip("| "): line.split(" | ")[1].strip(" |") for line in lines if line.startswith("| ") and "[" in line}
+    assert set(cells) == {"forgetting", "pubmedqa/accuracy", "final NLL, general", "final NLL, clinical"}
+    assert cells["forgetting"].startswith("**-0.190 [")  # lower in every seed by about the same: marked
+    assert cells["final NLL, general"] == "**-1.000 [-1.000, -1.000]**"
+    assert not cells["pubmedqa/accuracy"].startswith("**")  # +0.05, -0.15, +0.10: noise, not marked
+    assert real_data.paired_table(rows, seeds=[0]) == []  # one seed: no interval to show

@@ -61,11 +61,16 @@ def test_items_pair_by_id_and_only_shared_items_count():
     assert paired_items({0: {"a": 1.0}}, {1: {"a": 1.0}}) is None  # no seed in common
 
 
-def test_run_level_metrics_resample_seeds():
-    d = paired_runs({0: 0.10, 1: 0.12, 2: 0.11}, {0: 0.30, 1: 0.31, 2: 0.29})
-    assert d.mean == pytest.approx(-0.19) and d.high < 0 and d.significant and d.n_items == 0
-    flat = paired_runs({0: 0.1, 1: 0.3}, {0: 0.2, 1: 0.2})
-    assert flat.low == pytest.approx(-0.1) and flat.high == pytest.approx(0.1) and not flat.significant
+def test_run_level_metrics_get_a_paired_t_interval_over_seeds():
+    d = paired_runs({0: 0.10, 1: 0.12, 2: 0.11}, {0: 0.30, 1: 0.31, 2: 0.29})  # differences -0.20, -0.19, -0.18
+    half = 4.302653 * 0.01 / np.sqrt(3)  # t(0.975, 2 df) x sd / sqrt(n)
+    assert d.mean == pytest.approx(-0.19) and (d.low, d.high) == pytest.approx((-0.19 - half, -0.19 + half))
+    assert d.significant and d.n_items == 0
+    # Three seeds that all favour one side are not enough when they disagree this much: the bootstrap gave
+    # about [min, max] = [+0.01, +0.09] here and called it significant; the t interval does not.
+    spread = paired_runs({0: 0.11, 1: 0.15, 2: 0.19}, {0: 0.1, 1: 0.1, 2: 0.1})
+    assert spread.low < 0 < spread.high and not spread.significant
+    assert paired_runs({0: 0.1}, {0: 0.3}) is None  # one difference has no spread: no interval
 
 
 def test_compare_to_reports_every_method_and_metric():

@@ -4,8 +4,8 @@
    trivial baseline (random guess, constant answer, best option position) on the same test items; one block
    of rows per test file (e.g. retention, unseen), then the run-level rows (stage accuracy, forgetting, cost);
 2. one line per method: the metrics on which it does not beat the best trivial baseline;
-3. the paired differences: ICFT minus each method, with a 95% paired-bootstrap interval
-   (evaluation/statistics.py) and whether it excludes 0;
+3. the paired differences: ICFT minus each method, with a 95% interval (paired bootstrap for test metrics,
+   paired t over seeds for run-level ones; evaluation/statistics.py) and whether it excludes 0;
 4. the accuracy matrices, and the plots.
 
 `results` is what compare writes to results.json: {"methods": {method: {metric: {"mean", "std", "n"}}},
@@ -187,10 +187,10 @@ def report_markdown(results: dict, config: RunConfig, matrices: dict) -> str:
         *below_baselines(results),
         "",
         "## Paired differences: ICFT minus each method",
-        f"Mean difference [{100 * stats.get('confidence', 0.95):.0f}% paired-bootstrap interval] and whether it "
-        f"excludes 0. Test metrics resample seeds and items together ({stats.get('n_resamples', 0)} resamples, "
-        "paired by seed and item id); forgetting and stage accuracy resample seeds only. For forgetting, "
-        "lower is better: a negative difference favours ICFT.",
+        f"Mean difference [{100 * stats.get('confidence', 0.95):.0f}% interval] and whether it excludes 0. Test "
+        f"metrics: paired bootstrap, seeds and items resampled together ({stats.get('n_resamples', 0)} resamples, "
+        "paired by seed and item id). Forgetting and stage accuracy (one number per run): paired t interval over "
+        "seeds, needs 2 seeds or more. For forgetting, lower is better: a negative difference favours ICFT.",
         "",
         *difference_table(results),
         "",

@@ -7,8 +7,9 @@ with replacement and, together, items with replacement, and takes the mean diffe
 baseline) over the drawn seed x item cells; the 95% interval is the 2.5th to 97.5th percentile of those
 means. Resampling items alone would call a gap significant that one lucky seed produced.
 
-Run-level metrics (forgetting, average stage accuracy) have one number per run, so only seeds are resampled:
-with 3 seeds the interval is coarse (at most 10 distinct resamples), which is the honest answer.
+Run-level metrics (forgetting, average stage accuracy) have one number per run, so the only noise is the
+seed's. A bootstrap over 3 seeds is too narrow (its percentiles are about the smallest and largest of the 3
+differences), so these get Student's t interval of the paired differences instead, wide as few seeds make it.
 
 A difference is significant when its interval excludes 0. The resamples come from a fixed numpy seed, so a
 report is reproducible.
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats
 
 N_RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -64,16 +66,16 @@ def paired_items(ours: Mapping[int, Mapping[str, float]], theirs: Mapping[int, M
     return _difference(float(diff.mean()), means, n_seeds, n_items)
 
 
-def paired_runs(ours: Mapping[int, float], theirs: Mapping[int, float], n_resamples: int = N_RESAMPLES,
-                seed: int = 0) -> Difference | None:  # fmt: skip
-    """Bootstrap over seeds only, for one number per run. None when no seed has both numbers."""
+def paired_runs(ours: Mapping[int, float], theirs: Mapping[int, float]) -> Difference | None:
+    """Paired t interval over seeds, for one number per run. None when fewer than 2 seeds have both numbers
+    (one difference has no spread to measure)."""
     seeds = sorted(s for s in set(ours) & set(theirs) if ours[s] is not None and theirs[s] is not None)
-    if not seeds:
+    if len(seeds) < 2:
         return None
     diff = np.array([ours[s] - theirs[s] for s in seeds], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(len(diff), size=(n_resamples, len(diff)))].mean(axis=1)
-    return _difference(float(diff.mean()), means, len(diff), 0)
+    mean = float(diff.mean())
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)))
+    return Difference(mean, mean - half, mean + half, len(diff), 0)
 
 
 def _difference(mean: float, resampled: np.ndarray, n_seeds: int, n_items: int) -> Difference:
