@@ -38,7 +38,8 @@ def test_paired_table_pairs_runs_by_seed_and_marks_only_clear_gaps(real_data):
             "icft": [row(0.10, 0.50, 5.0), row(0.12, 0.40, 5.1), row(0.11, 0.60, 5.2)],
             "lora-sequential": [row(0.30, 0.45, 6.0), row(0.31, 0.55, 6.1), row(0.29, 0.50, 6.2)]}  # fmt: skip
     lines = real_data.paired_table(rows, seeds=[0, 1, 2])
-    cells = {line.split(" | ")[0].strip("| "): line.split(" | ")[1].strip(" |") for line in lines if line.startswith("| ") and "[" in line}
+    table = [line.strip("|").split(" | ") for line in lines if line.startswith("| ") and "[" in line]
+    cells = {row[0].strip(): row[1].strip() for row in table}
     assert set(cells) == {"forgetting", "pubmedqa/accuracy", "final NLL, general", "final NLL, clinical"}
     assert cells["forgetting"].startswith("**-0.190 [")  # lower in every seed by about the same: marked
     assert cells["final NLL, general"] == "**-1.000 [-1.000, -1.000]**"
