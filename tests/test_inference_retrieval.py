@@ -11,7 +11,14 @@ from _inference_run import knowledge_file, trained_run
 from icft.data.formatting import prompt_and_target, qa_prompt
 from icft.data.schema import DataError, Example
 from icft.data.tokenize import encode_pair
-from icft.inference.retrieval import Retriever, add_retrieved_context, fact_text, fit_facts, with_context
+from icft.inference.retrieval import (
+    Retriever,
+    add_retrieved_context,
+    fact_text,
+    fit_facts,
+    training_contexts,
+    with_context,
+)
 from icft.memory import Embedder, LongTermMemory
 
 
@@ -138,3 +145,37 @@ def test_eval_with_retrieval_reports_ids_and_scores(run, staged_data, tiny_llama
     assert eval_command(run_dir=None, model=str(tiny_llama_dir), data=[str(staged_data[1])], json_path=None,
                         retrieve=2) == 2  # fmt: skip
     assert "--retrieve needs" in capsys.readouterr().err
+
+
+def test_training_contexts_come_from_other_examples_and_never_cut_the_answer(bert_tokenizer, embedder):
+    from icft.recipes.train import TokenCache
+
+    def text(id_: str, body: str) -> Example:
+        return Example(id=id_, kind="text", source="t", text=body)
+
+    examples = [
+        text("t-insulin", "The pancreas makes insulin, the hormone that lowers blood glucose."),
+        text("t-kidney", "The kidneys filter the blood and make urine."),
+        qa("q-insulin", "Which organ makes insulin?", ["pancreas", "kidney", "liver", "heart"], 0),
+        qa("q-kidney", "Which organ filters the blood and makes urine?", ["liver", "kidney", "lung", "skin"], 1),
+        Example(id="p-insulin", kind="preference", source="t", prompt="Which organ makes insulin?",
+                chosen="The pancreas makes insulin.", rejected="The heart makes insulin, mostly at night."),
+    ]  # fmt: skip
+    wide = training_contexts(examples, 1, bert_tokenizer, "plain", max_length=256, embedder=embedder)
+    assert set(wide) == {"q-insulin", "q-kidney", "p-insulin"}  # text asks nothing: no context
+    assert wide["q-kidney"].context == fact_text(examples[1])  # the taught fact is the nearest other example
+    for ex in examples:
+        if ex.id in wide:  # an example never sees its own answer as context
+            assert fact_text(ex) not in prompt_and_target(wide[ex.id])[0]
+
+    roomy = training_contexts(examples, 2, bert_tokenizer, "plain", max_length=256, embedder=embedder)
+    tight = training_contexts(examples, 2, bert_tokenizer, "plain", max_length=60, embedder=embedder)
+    assert len(tight["q-insulin"].context) < len(roomy["q-insulin"].context)  # the context is what gets cut
+    cache = TokenCache(bert_tokenizer, 60, "plain", tight)
+    for ex in examples:
+        for side in ("chosen", "rejected") if ex.kind == "preference" else ("chosen",):
+            prompt, target = prompt_and_target(tight.get(ex.id, ex), bert_tokenizer, "plain", side)
+            whole = encode_pair(bert_tokenizer, prompt, target, 10_000)
+            pair = cache.encode(ex, side)
+            assert pair.input_ids == whole.input_ids and len(pair.input_ids) <= 60  # nothing cut, context included
+    assert all("context" in bert_tokenizer.decode(cache.encode(examples[i]).input_ids) for i in (2, 3, 4))

@@ -93,6 +93,9 @@ class MemoryConfig:
     # average of the adapter run on the replayed items (I-LoRA / CLS-ER; one more forward pass a step).
     teacher: str = choice("stored", ("stored", "ema"))
     ema_decay: float = between(0.99, 0.0, 1.0, high_open=True)
+    # Put the k facts nearest to each training example (from the other training examples) in its prompt, so
+    # the model learns to use the context `--retrieve` gives it at answer time (0: off).
+    retrieve_in_training: int = at_least(0, 0)
 
 
 @dataclass

@@ -260,6 +260,42 @@ def add_retrieved_context(
     return out_examples, out_hits
 
 
+def training_contexts(
+    examples: list[Example], k: int, tokenizer: Any, template: str, max_length: int, embedder: Embedder | None = None
+) -> dict[str, Example]:
+    """memory.retrieve_in_training: {id: the example with a Context block} for every training example that
+    asks something, holding the k facts nearest to it among the *other* training examples.
+
+    A model trained on bare prompts is never taught to read a Context block, so retrieval at answer time
+    only distracts it. Trained this way it learns to use the facts put before a question (as in RAFT, Zhang
+    et al. 2024). The store is the training data itself, the knowledge the LTM is consolidated from; an
+    example never retrieves itself, so its answer is not handed to it. Facts are fitted so that the whole
+    answer (the longer side of a preference pair) still fits `max_length`: context is cut, never the answer.
+    """
+    from ..data.formatting import prompt_and_target
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    embedder = embedder or Embedder()
+    facts = [Fact(ex.id, fact_text(ex), "training") for ex in examples]
+    retriever = Retriever(facts, embedder.encode([example_text(ex) for ex in examples]), embedder)
+    askable = [ex for ex in examples if ex.kind != "text"]
+    found = retriever.search([example_text(ex) for ex in askable], k, exclude=[ex.id for ex in askable])
+    out = {}
+    for ex, hits in zip(askable, found):
+        sides = ("chosen", "rejected") if ex.kind == "preference" else ("chosen",)
+        answer = max(count(prompt_and_target(ex, tokenizer, template, side)[1]) for side in sides) + 2  # BOS, EOS
+
+        def render(fs: list[str], ex: Example = ex) -> str:
+            return prompt_and_target(with_context(ex, fs), tokenizer, template)[0]
+
+        kept = fit_facts([h.text for h in hits], render, count, max_length - answer)
+        if kept:
+            out[ex.id] = with_context(ex, kept)
+    return out
+
+
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.atleast_2d(np.asarray(x, dtype=np.float32))
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -51,6 +51,7 @@ from ..data.sources import load_data, split_validation
 from ..data.tokenize import TokenizedPair, collate, encode_pair
 from ..errors import TrainingError
 from ..evaluation.stage_eval import stage_report, stage_row, validation_loss
+from ..inference.retrieval import training_contexts
 from ..io import write_json
 from ..likelihood import target_logits
 from ..memory import Embedder, LongTermMemory, MemoryItem, ReplaySchedule, ShortTermMemory, example_text
@@ -194,13 +195,15 @@ def check_stage_names(config: RunConfig, train: list[Example], say) -> None:
 class TokenCache:
     """Each example tokenised once per answer side ("chosen", or "rejected" for preference pairs)."""
 
-    def __init__(self, tokenizer, max_length: int, template: str):
+    def __init__(self, tokenizer, max_length: int, template: str, contexts: dict[str, Example] | None = None):
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
+        self.contexts = contexts or {}  # id -> the example with retrieved context (memory.retrieve_in_training)
         self.cache: dict[tuple[str, str], TokenizedPair] = {}
 
     def encode(self, ex: Example, answer: str = "chosen") -> TokenizedPair:
         key = (ex.id, answer)
         if key not in self.cache:
+            ex = self.contexts.get(ex.id, ex)
             prompt, target = prompt_and_target(ex, self.tokenizer, self.template, answer)
             self.cache[key] = encode_pair(self.tokenizer, prompt, target, self.max_length, template=self.template)
         return self.cache[key]
@@ -336,7 +339,13 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
                                                 config.train.max_steps)  # fmt: skip
     # The scheduler stays outside prepare(): every process takes every step, so it must step once per step.
     model, optimizer = accelerator.prepare(model, optimizer)
-    cache = TokenCache(tokenizer, config.model.max_length, template)
+    contexts = {}
+    if config.memory.retrieve_in_training:
+        contexts = training_contexts(train_examples, config.memory.retrieve_in_training, tokenizer, template,
+                                     config.model.max_length)  # fmt: skip
+        say(f"retrieved context: {len(contexts)} of {len(train_examples)} training examples carry up to "
+            f"{config.memory.retrieve_in_training} facts from the others (memory.retrieve_in_training)")  # fmt: skip
+    cache = TokenCache(tokenizer, config.model.max_length, template, contexts)
     state = start_or_resume(config, run_dir, resume, accelerator, model, optimizer, scheduler, schedule, memory, rng,
                             say)  # fmt: skip
     log = MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None, write=accelerator.is_main_process)
