@@ -32,6 +32,7 @@ CASES = [
     ("all loss weights 0", ["loss.task=0", "loss.consistency=0", "loss.finetune=0"], "nothing to train on"),
     ("warmup ratio 3", ["train.warmup_ratio=3"], "train.warmup_ratio"),
     ("dropout 1.5", ["peft.dropout=1.5"], "peft.dropout"),
+    ("negative retrieve_in_training", ["memory.retrieve_in_training=-1"], "memory.retrieve_in_training"),
     ("negative eval examples", ["train.eval_max_examples=-1"], "train.eval_max_examples"),
     ("negative train examples", ["data.max_train_examples=-5"], "data.max_train_examples"),
     ("unknown bundled file", ["data.train=[bundled:bogus]"], "bundled:bogus"),
@@ -116,6 +117,8 @@ def test_fallback_ids_are_unique_across_files(tmp_path):
     (["compare.jobs=0"], "compare.jobs"),
     (["compare.seeds=[]"], "compare.seeds"),
     (["compare.methods=[icft, telepathy]"], "telepathy"),
+    (["data.train=[no/such/train.jsonl]"], "no/such/train.jsonl"),
+    (["compare.test=[bundled:test-unseen, no/such/test.jsonl]"], "no/such/test.jsonl"),
 ])  # fmt: skip
 def test_bad_compare_settings(settings, expected, tmp_path, capsys):
     config = Path(__file__).resolve().parents[1] / "configs" / "compare-demo.yaml"
@@ -124,6 +127,16 @@ def test_bad_compare_settings(settings, expected, tmp_path, capsys):
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_data_error_survives_the_trip_from_a_compare_worker():
+    import pickle
+
+    from icft.data.schema import DataError
+
+    error = pickle.loads(pickle.dumps(DataError("mine.jsonl", 7, "answer", "index 4 is outside the 4 options")))
+    assert isinstance(error, DataError)
+    assert str(error) == "mine.jsonl:7: field 'answer': index 4 is outside the 4 options"
 
 
 def test_data_validate_needs_no_torch(tmp_path):

@@ -36,7 +36,8 @@ def init_command(data: list[str], model: str, output: str) -> int:
     stages = _stage_plan(examples)
     n = len(examples)
     n_stages = len(stages) if stages else 3
-    steps = max(10 * n_stages, math.ceil(n * 0.95 / BATCH_SIZE))
+    n_train = n * 0.95  # what is left after the 5% validation hold-out (data.validation_split)
+    steps = max(10 * n_stages, math.ceil(n_train / BATCH_SIZE))
     stm, ltm = int(min(512, max(32, n // 20))), int(min(2048, max(64, n // 10)))
     kinds = Counter(ex.kind for ex in examples)
     text = TEMPLATE.format(
@@ -46,7 +47,7 @@ def init_command(data: list[str], model: str, output: str) -> int:
         stages=f"[{', '.join(stages)}]" if stages else "auto",
         stage_note=(f"the records' own stages ({', '.join(f'{s} {c}' for s, c in _stage_counts(examples, stages))})"
                     if stages else "no record has a stage: 3 difficulty stages (length and word rarity)"),
-        steps=steps, epochs=steps * BATCH_SIZE / n, stm=stm, ltm=ltm,
+        steps=steps, epochs=steps * BATCH_SIZE / n_train, stm=stm, ltm=ltm,
         save_every=max(10, steps // 5), log_every=max(1, min(10, steps // 20)),
     )  # fmt: skip
     from .config import load_config
@@ -124,7 +125,7 @@ memory:
   selection: herding
 loss: {{task: 1.0, consistency: 1.0, finetune: 1.0}}
 train:
-  max_steps: {steps}        # about {epochs:.2f} epochs at batch 16
+  max_steps: {steps}        # about {epochs:.2f} epochs of the training part (after the hold-out) at batch 16
   batch_size: 16
   lr: 0.001
   save_every: {save_every}

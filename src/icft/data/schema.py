@@ -46,6 +46,9 @@ class DataError(ValueError):
         what = f" field '{field}':" if field else ""
         super().__init__(f"{where}:{what} {message}")
 
+    def __reduce__(self):  # rebuilt from its parts when it crosses a process boundary (icft compare's workers)
+        return DataError, (self.path, self.line, self.field, self.reason)
+
 
 @dataclass
 class Example:
