@@ -348,7 +348,9 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
     for method in config.compare.methods:  # every method's config is checked before anything runs
         method_config(config, method, config.compare.seeds[0])
     # And every data file is read once here, so a bad file is one error before any run starts or a folder is made.
-    load_data([*config.data.train, *config.data.validation, *config.compare.test], quiet=True)
+    # (Grouped as the runs read them: train together, validation together, each test file on its own.)
+    for specs in (config.data.train, config.data.validation, *([spec] for spec in config.compare.test)):
+        load_data(specs, quiet=True)
     check_same_config(config, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, output_dir / "config.yaml")
