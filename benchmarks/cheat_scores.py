@@ -1,17 +1,36 @@
 """Surface-cue cheats on the bundled evaluation files: how far each gets without knowing any medicine.
 
-    python benchmarks/cheat_scores.py [--by-type]
+    python benchmarks/cheat_scores.py [--by-type] [--other-models]
 
 Prints one row per file (and, with --by-type, per item type: mc, yes/no/maybe, preference) with the chance
 level and each cheat's accuracy (see icft.evaluation.baselines). Regenerate the data first if it changed.
+
+The generator picks the retention probes' wrong options against the bag-of-words cheat itself (see
+icft.bundled.writer.LookAlikePicker), so that cheat is near chance there by construction. --other-models asks
+whether the cue is gone or only hidden from that one model: option-word models the generator never saw
+(other regularisation, word pairs, naive Bayes, and the right-answer share of each exact option text in train).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
 
 from icft.bundled import SPLITS, load_bundled
-from icft.evaluation.baselines import CHEATS, cheat_rules, cheat_scores, item_type
+from icft.data.schema import Example
+from icft.evaluation.baselines import (
+    CHEATS,
+    chance,
+    cheat_rules,
+    cheat_scores,
+    choices,
+    expected_hit,
+    is_choice,
+    item_type,
+)
 
 
 def table(by_type: bool = False) -> str:
@@ -33,10 +52,64 @@ def table(by_type: bool = False) -> str:
     return "\n".join(lines)
 
 
+def other_models(train) -> dict[str, Callable[[Example], list[float]]]:
+    """Option-word cheats the generator did not pick against, fitted on train like the bag of words."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import BernoulliNB
+
+    def tagged(ex: Example) -> list[str]:
+        return [f"{'pref' if ex.kind == 'preference' else 'qa'}kind {o.lower()}" for o in choices(ex)[0]]
+
+    texts, labels = [], []
+    for ex in train:
+        if is_choice(ex):
+            texts += tagged(ex)
+            labels += [int(i == choices(ex)[1]) for i in range(len(choices(ex)[0]))]
+    words = {"token_pattern": r"[a-z0-9]+", "binary": True}
+    models = {
+        "LR C=0.1": (CountVectorizer(**words), LogisticRegression(C=0.1, max_iter=3000)),
+        "LR C=10": (CountVectorizer(**words), LogisticRegression(C=10, max_iter=3000)),
+        "LR word pairs": (CountVectorizer(ngram_range=(1, 2), **words), LogisticRegression(max_iter=3000)),
+        "naive Bayes": (CountVectorizer(**words), BernoulliNB()),
+    }
+    rules: dict[str, Callable[[Example], list[float]]] = {}
+    for name, (vectorizer, model) in models.items():
+        model.fit(vectorizer.fit_transform(texts), labels)
+
+        def rule(ex: Example, vectorizer=vectorizer, model=model) -> list[float]:
+            x = vectorizer.transform(tagged(ex))
+            if hasattr(model, "decision_function"):
+                scores = model.decision_function(x)
+            else:
+                scores = model.predict_log_proba(x)[:, 1]
+            return [round(float(v), 9) for v in scores]
+
+        rules[name] = rule
+    right, seen = Counter(t for t, label in zip(texts, labels) if label), Counter(texts)
+    rules["right share of the text"] = lambda ex: [(right[t] + 1) / (seen[t] + 4) for t in tagged(ex)]
+    return rules
+
+
+def other_models_table() -> str:
+    rules = other_models(load_bundled("train"))
+    lines = ["| file | items | chance | " + " | ".join(rules) + " |", "|---" * (len(rules) + 3) + "|"]
+    for split in SPLITS[1:]:
+        items = [ex for ex in load_bundled(split) if is_choice(ex)]
+        cells = [f"{np.mean([expected_hit(rule(ex), choices(ex)[1]) for ex in items]):.3f}" for rule in rules.values()]
+        lines.append(f"| {split} | {len(items)} | {chance(items):.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--by-type", action="store_true", help="also one row per item type")
-    print(table(parser.parse_args().by_type))
+    parser.add_argument("--other-models", action="store_true", help="also option-word cheats the data never saw")
+    args = parser.parse_args()
+    print(table(args.by_type))
+    if args.other_models:
+        print()
+        print(other_models_table())
 
 
 if __name__ == "__main__":

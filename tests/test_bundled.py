@@ -175,3 +175,45 @@ def test_load_bundled_names_the_bad_line(tmp_path, monkeypatch):
     monkeypatch.setattr(bundled, "DATA_DIR", tmp_path)
     with pytest.raises(ValueError, match=r"train.jsonl:1: field 'question'"):
         load_bundled("train")
+
+
+def test_look_alike_picker_puts_the_answer_on_top_at_chance_and_takes_the_nearest():
+    # A planted cue: an option's score is its length. Wrong options are candidates 1..20 characters long.
+    from icft.bundled.writer import LookAlikePicker
+
+    picker = LookAlikePicker(lambda kind, options: [float(len(o)) for o in options])
+    candidates = ["x" * n for n in range(1, 21)]
+    on_top = 0
+    for length in range(5, 15):
+        for _ in range(12):
+            wrong = picker.order("qa", "y" * length, candidates, 3)[:3]
+            assert all(abs(len(w) - length) <= 3 for w in wrong)  # the nearest scores, on both sides
+            on_top += all(len(w) < length for w in wrong)
+    assert on_top == 120 // 4  # exactly chance: the answer is the cue's top pick in 1 of 4 probes
+    # Without a candidate above the answer it is on top whatever the tally says, and the order is by distance.
+    assert picker.order("qa", "y" * 30, candidates, 2)[:2] == ["x" * 20, "x" * 19]
+
+
+def test_retention_probes_wrong_options_are_as_likely_as_train_answers_to_have_been_right(committed):
+    # The cue the picker removes: answers of retention probes were right options in training, wrong options
+    # mostly wrong ones. Per option text, the share of training appearances as the right option is compared.
+    from collections import Counter
+
+    from icft.evaluation.baselines import choices, is_choice, item_type
+
+    right, seen = Counter(), Counter()
+    for ex in committed["train"]:
+        if is_choice(ex):
+            options, gold = choices(ex)
+            for i, option in enumerate(options):
+                right[option.lower()] += i == gold
+                seen[option.lower()] += 1
+    for split in ("validation-retention", "test-retention"):
+        gold_share, wrong_share = [], []
+        for ex in committed[split]:
+            if is_choice(ex) and item_type(ex) == "mc":
+                options, gold = choices(ex)
+                shares = [(right[o.lower()] + 1) / (seen[o.lower()] + 4) for o in options]
+                gold_share.append(shares[gold])
+                wrong_share += [s for i, s in enumerate(shares) if i != gold]
+        assert abs(sum(gold_share) / len(gold_share) - sum(wrong_share) / len(wrong_share)) < 0.03, split

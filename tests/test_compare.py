@@ -293,7 +293,39 @@ def test_compare_chooses_each_learning_rate_on_validation(tiny_llama_dir, staged
     assert seeded.train.lr == pytest.approx(selection["lr"]) == results["learning_rates"]["lora-sequential"]
     assert "chosen on validation from x0.1, x10" in (out / "report.md").read_text()
 
+    # The seed-0 run is the selection run at the chosen rate (same config, same seed): copied, not retrained.
+    chosen_dir = out / "lora-sequential" / "lr-select" / f"x{chosen:g}"
+    seed0 = out / "lora-sequential" / "seed0"
+    assert (seed0 / "metrics.jsonl").read_text() == (chosen_dir / "metrics.jsonl").read_text()
+    assert (out / "lora-sequential" / "seed0" / "result.json").exists()
     written = {p: p.stat().st_mtime_ns for p in (out / "lora-sequential" / "lr-select").rglob("*.json")}
     compare(config, out)  # again: the selection runs are kept, not retrained
     assert {p: p.stat().st_mtime_ns for p in written} == written
     assert json.loads((out / "lr_selection.json").read_text())["lora-sequential"] == selection
+
+
+def test_ablations_run_fewer_seeds_and_no_pacing_shares_the_lora_memory_runs(tiny_llama_dir, staged_data, tmp_path,
+                                                                             monkeypatch, capfd):  # fmt: skip
+    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
+    from icft.recipes.compare import compare
+
+    train, val = staged_data
+    config = load_config(None, [
+        f"model.name={tiny_llama_dir}", "model.max_length=48", f"data.train=[{train}]", f"data.validation=[{val}]",
+        "train.max_steps=4", "train.batch_size=4", "train.save_every=4", "train.eval_max_examples=6",
+        "memory.ltm_capacity=8", "compare.methods=[lora-memory, icft, icft-no-stm, icft-no-pacing]",
+        "compare.seeds=[0, 1]", "compare.ablation_seeds=1", f"compare.test=[{val}]", "compare.max_test_examples=3",
+    ])  # fmt: skip
+    out = tmp_path / "cmp"
+    capfd.readouterr()
+    results = compare(config, out)
+    trained = capfd.readouterr().out.count("stages: ")  # train prints its stage plan once per run
+    assert trained == 5  # lora-memory x2, icft x2, icft-no-stm x1; icft-no-pacing trains nothing
+    assert not (out / "icft-no-pacing").exists() and not (out / "icft-no-stm" / "seed1").exists()
+    assert set(results["per_seed"]["icft-no-stm"]) == {"0"} and set(results["per_seed"]["icft"]) == {"0", "1"}
+    assert results["per_seed"]["icft-no-pacing"]["0"] == results["per_seed"]["lora-memory"]["0"]
+    diffs = results["statistics"]["differences"]
+    item_diffs = {m: [d for d in diffs[m].values() if d["n_items"]] for m in ("icft-no-stm", "lora-memory")}
+    assert item_diffs["icft-no-stm"] and all(d["n_seeds"] == 1 for d in item_diffs["icft-no-stm"])
+    assert item_diffs["lora-memory"] and all(d["n_seeds"] == 2 for d in item_diffs["lora-memory"])
+    assert "| seeds (n) | 2 | 2 | 1 | 1 |" in (out / "report.md").read_text()

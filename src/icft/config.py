@@ -133,6 +133,9 @@ class CompareConfig:
                                  "lora-memory", "icft"]  # fmt: skip
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # The ablations (icft-no-*) run on the first N seeds only (0: all): they answer "which part matters",
+    # a smaller question than ICFT against the baselines, so they get fewer runs.
+    ablation_seeds: int = at_least(0, 0)
     test: list[str] = field(default_factory=lambda: ["bundled:test-retention", "bundled:test-unseen"])
     max_test_examples: int = at_least(0, 0)  # per kind (0: all)
     full_ft_lr: float = at_least(1e-4, 0.0)  # full fine-tuning needs a smaller step than LoRA

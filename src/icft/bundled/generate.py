@@ -38,10 +38,11 @@ from collections import Counter
 from pathlib import Path
 
 from ..data.schema import Example
+from ..evaluation.baselines import option_word_model
 from ..io import write_jsonl
 from . import DATA_DIR, PACKAGE_DIR, SPLITS
 from .text import capitalize, predicate, slugify
-from .writer import MEDICAL_SOURCE, ONSETS, POPULATIONS, STAGES, ConditionWriter, Table
+from .writer import MEDICAL_SOURCE, ONSETS, POPULATIONS, STAGES, ConditionWriter, LookAlikePicker, Table
 
 KNOWLEDGE_FILE = PACKAGE_DIR / "knowledge.json"
 GENERAL_FILE = PACKAGE_DIR / "general.json"
@@ -165,16 +166,23 @@ def generate(seed: int = 0) -> dict[str, list[Example]]:
     held_out = {
         split: Table([c for c in conditions if condition_split[c["name"]] == split]) for split in UNSEEN
     }
+    trained: list[ConditionWriter] = []
     for c in conditions:
         split = condition_split[c["name"]]
         if split == "train":
             writer = ConditionWriter(c, train_table, "train", seed, index[c["name"]])
             files["train"].extend(writer.write_all())
-            for file, probes in writer.probes().items():
-                files[file].extend(probes)
+            trained.append(writer)
         else:
             writer = ConditionWriter(c, held_out[split], UNSEEN[split], seed, index[c["name"]])
             files[UNSEEN[split]].extend(writer.write_all())
+    # The retention probes come once the training file is whole: their wrong options are picked to look as
+    # right as the answer to the bag-of-words cheat fitted on it (see LookAlikePicker).
+    picker = LookAlikePicker(option_word_model(files["train"]))
+    for writer in trained:
+        writer.picker = picker
+        for file, probes in writer.probes().items():
+            files[file].extend(probes)
     return files
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..data.schema import YES_NO_MAYBE, Example
@@ -163,6 +163,41 @@ class Table:
         }
 
 
+class LookAlikePicker:
+    """Chooses a retention probe's wrong options by how right they look to `looks_right`, the bag-of-words
+    cheat fitted on the training file ((kind, option texts) -> a score per option, from its words alone).
+
+    A probe's answer was taught as a right option, and wrong options drawn at random were mostly shown as
+    wrong ones, so an option-word model picks the answer without reading the question (7 points above chance
+    on the retention files before this). Here each probe takes the candidates nearest the answer's score, some
+    just above it and the rest just below, with the answer on top exactly as often as chance says over all
+    probes so far (a running tally, one per number of wrong options): balanced by construction.
+    """
+
+    def __init__(self, looks_right: Callable[[str, list[str]], list[float]]):
+        self.looks_right = looks_right
+        self.on_top: Counter = Counter()  # n wrong options -> probes whose answer the cheat ranks first
+        self.expected: Counter = Counter()  # n -> what chance gives (1 / (n + 1) per probe)
+        self.turn = 0
+
+    def order(self, kind: str, right: str, candidates: list, n: int, text_of: Callable = str) -> list:
+        """`candidates` reordered so that the first n are the wrong options to use."""
+        scores = self.looks_right(kind, [right, *(text_of(c) for c in candidates)])
+        by_distance = sorted(range(len(candidates)), key=lambda i: abs(scores[i + 1] - scores[0]))
+        above = [i for i in by_distance if scores[i + 1] >= scores[0]]  # a tie keeps the answer off the top
+        below = [i for i in by_distance if scores[i + 1] < scores[0]]
+        self.expected[n] += 1 / (n + 1)
+        if self.on_top[n] + 1 <= self.expected[n] or not above:  # the answer on top: its share is due (or forced)
+            above_count = 0
+        else:  # one to n options above the answer, in turn
+            above_count = 1 + self.turn % n
+            self.turn += 1
+        first = above[:above_count] + below[: n - above_count]
+        first += [i for i in by_distance if i not in first][: n - len(first)]  # one side ran short
+        self.on_top[n] += all(scores[i + 1] < scores[0] for i in first)
+        return [candidates[i] for i in first] + [candidates[i] for i in by_distance if i not in first]
+
+
 class ConditionWriter:
     """All examples about one condition; every random choice comes from its own seeded RNG.
 
@@ -188,6 +223,8 @@ class ConditionWriter:
         self._counts: Counter = Counter()
         self._candidates: dict = {}
         self.asked: dict[str, set[str]] = {}  # field -> values that training questions have as the answer
+        # Set before probes(), which then take wrong options that look as right as the answer (see below).
+        self.picker: LookAlikePicker | None = None
 
     def add(self, tier: int, template: str, kind: str, **fields) -> Example:
         n = self._counts[(tier, template)]
@@ -252,6 +289,13 @@ class ConditionWriter:
             raise ValueError(f"{self.c['name']}: only {len(candidates)} wrong {field} to choose from")
         return self.rng.sample(candidates, k)
 
+    def look_alikes(self, kind: str, right: str, candidates: list, n: int, text_of: Callable = str) -> list:
+        """`candidates` (wrong options) with the n to use first (see LookAlikePicker); unchanged without a
+        picker (training examples)."""
+        if self.picker is None or not candidates:
+            return candidates
+        return self.picker.order(kind, right, candidates, n, text_of)
+
     def is_cause(self, other: dict) -> bool:
         """Whether another condition is one of this one's causes (hypertension for a stroke): its causes,
         symptoms and treatments are often right here too, and it would be a fair diagnosis as well."""
@@ -289,6 +333,8 @@ class ConditionWriter:
         need = shared_words(question, right)
         scored = [(shared_words(question, text_of(o)), o) for o in self.allowed_others(shown_symptoms)]
         close = [o for overlap, o in scored if overlap >= need]
+        if self.picker is not None:
+            close = self.look_alikes("qa", right, close, k, text_of)[:k]
         same = [o for o in close if o["specialty"] == self.c["specialty"]]
         picks = self.rng.sample(same, min(k, len(same)))
         others = [o for o in close if o["specialty"] != self.c["specialty"]]
@@ -362,7 +408,7 @@ class ConditionWriter:
         need = shared_words(question, right)
         self.wrong_values(field, 3)  # works out the candidates once
         pool = self.wrong_values(field, len(self._candidates[(field, False)]))
-        close = [v for v in pool if shared_words(question, v) >= need]
+        close = self.look_alikes("qa", right, [v for v in pool if shared_words(question, v) >= need], 3)
         wrong = close[:3] + sorted((v for v in pool if v not in close), key=lambda v: -shared_words(question, v))
         options, answer = self.options(right, wrong[:3])
         self.asked.setdefault(field, set()).add(right)
@@ -400,6 +446,11 @@ class ConditionWriter:
         """`answer` has {value}; right versus a neighbouring condition's value (a plausible mistake)."""
         right = self.specific(field)[0]
         wrong = self.wrong_values(field, 1, same_specialty=True)[0]
+        if self.picker is not None:  # a neighbour's value where one looks as right, else any other
+            pool = self._candidates[(field, True)]
+            pool = pool if len(pool) >= 3 else pool + self.wrong_values(field, 3)
+            wrong = self.look_alikes("preference", answer.format(value=right), pool, 1,
+                                     lambda v: answer.format(value=v))[0]  # fmt: skip
         return self.add(
             tier, template, "preference", prompt=prompt,
             chosen=answer.format(value=right), rejected=answer.format(value=wrong),

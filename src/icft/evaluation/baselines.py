@@ -192,6 +192,14 @@ def _label_key(ex: Example, option: str) -> tuple[str, str]:
 def bag_of_words(train: Sequence[Example]) -> Callable[[Example], list[float]]:
     """Logistic regression on binary option-word features (option words only, no question), fitted on
     every (item, option) pair of the training file with "is it the right option" as the label."""
+    looks_right = option_word_model(train)
+    return lambda ex: looks_right(ex.kind, choices(ex)[0])
+
+
+def option_word_model(train: Sequence[Example]) -> Callable[[str, list[str]], list[float]]:
+    """The bag-of-words cheat's model: (kind, option texts) -> how right each option looks from its words
+    alone (a logistic-regression logit). The bundled data's retention probes use it to pick wrong options
+    that look as right as the answer does."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -199,21 +207,21 @@ def bag_of_words(train: Sequence[Example]) -> Callable[[Example], list[float]]:
     for ex in train:
         if is_choice(ex):
             options, gold = choices(ex)
-            texts += [_tagged(ex, o) for o in options]
+            texts += [_tagged(ex.kind, o) for o in options]
             labels += [int(i == gold) for i in range(len(options))]
     vectorizer = CountVectorizer(binary=True, token_pattern=r"[a-z0-9]+")
     model = LogisticRegression(max_iter=2000, C=1.0).fit(vectorizer.fit_transform(texts), labels)
 
-    def score(ex: Example) -> list[float]:
-        logits = model.decision_function(vectorizer.transform([_tagged(ex, o) for o in choices(ex)[0]]))
+    def score(kind: str, options: list[str]) -> list[float]:
+        logits = model.decision_function(vectorizer.transform([_tagged(kind, o) for o in options]))
         return [round(float(v), 9) for v in logits]  # rounding makes equal bags of words tie exactly
 
     return score
 
 
-def _tagged(ex: Example, option: str) -> str:
+def _tagged(kind: str, option: str) -> str:
     # the kind as a word, so preference answers and options can weigh words differently
-    return f"{'pref' if ex.kind == 'preference' else 'qa'}kind {option.lower()}"
+    return f"{'pref' if kind == 'preference' else 'qa'}kind {option.lower()}"
 
 
 def expected_hit(scores: list[float], gold: int) -> float:

@@ -15,14 +15,17 @@ Methods (each a set of config overrides on the same base config, so the comparis
 - icft-no-consistency: icft without the consistency loss (replay only)
 - icft-no-stm:         icft without short-term replay
 - icft-no-ltm:         icft without long-term replay
-- icft-no-pacing:      icft without pacing; the same config as lora-memory, kept under its ablation name
+- icft-no-pacing:      icft without pacing; the same config as lora-memory, so it reads lora-memory's runs
+
+The ablations (icft-no-*) may run fewer seeds than the rest (compare.ablation_seeds).
 
 Test data: one or more files (default the bundled test-retention and test-unseen), each evaluated and
 reported on its own. Nothing here is tuned on test data.
 
 Learning rates (compare.lr_scales): every method's rate is chosen the same way, on validation only: at the
 first seed, one training run per scale times the method's own rate (<output>/<method>/lr-select/x<scale>),
-keeping the best average stage accuracy; the seeded runs then use it.
+keeping the best average stage accuracy; the seeded runs then use it, and the selection run at the chosen
+rate (same config, same seed) is the first seed's run.
 
 Each method/seed run folder (<output>/<method>/seed<N>) ends with `items.json` (every test item's score, so
 statistics can pair items across methods and seeds) and then `result.json`, written last: a folder with
@@ -38,6 +41,7 @@ import math
 import multiprocessing
 import os
 import random
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -76,9 +80,11 @@ METHOD_OVERRIDES: dict[str, dict[str, object]] = {
     "icft-no-ltm": {"memory.enabled": True, "memory.ltm_replay": 0.0},
     "icft-no-pacing": {"curriculum.pacing": "none", "memory.enabled": True},  # = lora-memory
 }
+# A method whose config is another's: it reads that method's runs instead of training the same thing twice.
+SAME_RUNS = {"icft-no-pacing": "lora-memory"}
 REFERENCE = "icft"  # the method the paired differences are taken from
 # compare keys that choose which runs happen, not what a run does: they may change between a run and its resume.
-SCHEDULING_KEYS = ("compare.methods", "compare.seeds", "compare.jobs")
+SCHEDULING_KEYS = ("compare.methods", "compare.seeds", "compare.ablation_seeds", "compare.jobs")
 
 
 def method_config(config: RunConfig, method: str, seed: int, lr: float | None = None) -> RunConfig:
@@ -182,7 +188,18 @@ def rouge_l_items(hyps: list[str], refs: list[str]) -> list[float]:
 
 
 def run_dir_of(output_dir: Path, method: str, seed: int) -> Path:
-    return output_dir / method / f"seed{seed}"
+    return output_dir / SAME_RUNS.get(method, method) / f"seed{seed}"
+
+
+def seeds_of(config: RunConfig, method: str) -> list[int]:
+    """The seeds a method runs: `base` once (untrained, the same model whatever the seed), the ablations
+    the first compare.ablation_seeds, every other method all of compare.seeds."""
+    seeds = config.compare.seeds
+    if method == "base":
+        return seeds[:1]
+    if method.startswith("icft-no-") and config.compare.ablation_seeds:
+        return seeds[: config.compare.ablation_seeds]
+    return seeds
 
 
 def run_status(run_dir: Path) -> str:
@@ -216,7 +233,7 @@ def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, stat
     from ..models import count_parameters
     from ..runs import load_base, load_run
 
-    cfg = method_config(config, method, seed, lr)
+    cfg = method_config(config, SAME_RUNS.get(method, method), seed, lr)
     run_dir = run_dir_of(output_dir, method, seed)
     curve, matrix = [], []
     if method == "base":
@@ -250,8 +267,9 @@ def lr_selection_dir(output_dir: Path, method: str, scale: float) -> Path:
 def lr_selection_run(config: RunConfig, method: str, scale: float, output_dir: Path) -> dict:
     """Train one method at the first seed with `scale` times its own learning rate, and return its
     validation scores from stage_eval.json. Training only: the test files are never read here."""
-    cfg = method_config(config, method, config.compare.seeds[0], lr=scale * default_lr(config, method))
-    run_dir = lr_selection_dir(output_dir, method, scale)
+    cfg = method_config(config, SAME_RUNS.get(method, method), config.compare.seeds[0],
+                        lr=scale * default_lr(config, method))
+    run_dir = lr_selection_dir(output_dir, SAME_RUNS.get(method, method), scale)
     train_run(cfg, run_dir, run_status(run_dir))
     stage_eval = json.loads((run_dir / "stage_eval.json").read_text())
     return {"lr": cfg.train.lr, "average_accuracy": stage_eval["average_accuracy"],
@@ -274,7 +292,8 @@ def select_learning_rates(config: RunConfig, output_dir: Path) -> dict[str, floa
     times the method's own rate, at the first seed). Writes lr_selection.json; finished selection runs are
     kept when compare runs again, as the seeded runs are."""
     scales = config.compare.lr_scales
-    jobs = [(m, scale) for m in config.compare.methods if m != "base" for scale in scales]
+    trained = [m for m in config.compare.methods if m != "base"]
+    jobs = [(m, scale) for m in dict.fromkeys(SAME_RUNS.get(m, m) for m in trained) for scale in scales]
     scores: dict[str, dict[float, dict]] = {m: {} for m, _ in jobs}
     print(f"choosing learning rates on validation: {len(jobs)} runs ({', '.join(f'x{s:g}' for s in scales)} "
           "of each method's rate)", flush=True)  # fmt: skip
@@ -285,12 +304,23 @@ def select_learning_rates(config: RunConfig, output_dir: Path) -> dict[str, floa
             scores[method][scale] = future.result()
             print(f"  {method} lr {scores[method][scale]['lr']:.2g}: average stage accuracy "
                   f"{scores[method][scale]['average_accuracy']}", flush=True)  # fmt: skip
-    chosen = {m: best_scale(by_scale) for m, by_scale in scores.items()}
+    chosen = {m: best_scale(scores[SAME_RUNS.get(m, m)]) for m in trained}
     write_json(output_dir / "lr_selection.json", {
-        m: {"chosen_scale": chosen[m], "lr": scores[m][chosen[m]]["lr"],
-            "runs": {f"x{scale:g}": s for scale, s in sorted(scores[m].items())}} for m in scores
+        m: {"chosen_scale": chosen[m], "lr": scores[SAME_RUNS.get(m, m)][chosen[m]]["lr"],
+            "runs": {f"x{scale:g}": s for scale, s in sorted(scores[SAME_RUNS.get(m, m)].items())}} for m in trained
     })  # fmt: skip
-    return {m: scores[m][chosen[m]]["lr"] for m in scores}
+    for m in trained:
+        reuse_selection_run(output_dir, m, config.compare.seeds[0], chosen[m])
+    return {m: scores[SAME_RUNS.get(m, m)][chosen[m]]["lr"] for m in trained}
+
+
+def reuse_selection_run(output_dir: Path, method: str, seed: int, scale: float) -> None:
+    """The selection run at the chosen rate is the first seed's run (same config, same seed), so its trained
+    folder becomes that run's, and only the test evaluation is left to do: one training run fewer per method."""
+    run_dir = run_dir_of(output_dir, method, seed)
+    if run_status(run_dir) == "new":
+        shutil.rmtree(run_dir, ignore_errors=True)  # a folder with nothing finished in it
+        shutil.copytree(lr_selection_dir(output_dir, SAME_RUNS.get(method, method), scale), run_dir)
 
 
 def _pool(config: RunConfig) -> ProcessPoolExecutor:
@@ -354,14 +384,14 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
     check_same_config(config, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, output_dir / "config.yaml")
-    # `base` is untrained, the same model whatever the seed: evaluated once.
     seeds, first = config.compare.seeds, config.compare.seeds[0]
-    jobs = [(m, s) for m in config.compare.methods for s in (seeds[:1] if m == "base" else seeds)]
+    jobs = [(m, s) for m in config.compare.methods for s in seeds_of(config, m)]
     lrs = select_learning_rates(config, output_dir) if config.compare.lr_scales else {}
     status = plan(jobs, output_dir)
     outcomes = {job: json.loads((run_dir_of(output_dir, *job) / "result.json").read_text())
                 for job in jobs if status[job] == "finished"}  # fmt: skip
-    todo = [job for job in jobs if status[job] != "finished"]
+    # A method in SAME_RUNS shares its runs: each run folder is trained and evaluated once.
+    todo = list({run_dir_of(output_dir, *job): job for job in jobs if status[job] != "finished"}.values())
     started = time.perf_counter()
 
     def done(job: tuple[str, int], outcome: dict) -> None:
@@ -377,12 +407,15 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
                        for m, s in todo}  # fmt: skip
             for future in as_completed(futures):
                 done(futures[future], future.result())
+    for job in jobs:  # a method that shares another's run folder reads it now
+        if job not in outcomes:
+            outcomes[job] = json.loads((run_dir_of(output_dir, *job) / "result.json").read_text())
 
     methods = config.compare.methods
-    per_seed = {m: {s: outcomes[(m, s)]["metrics"] for s in seeds if (m, s) in outcomes} for m in methods}
+    per_seed = {m: {s: outcomes[(m, s)]["metrics"] for s in seeds_of(config, m)} for m in methods}
     # Per-item scores for the paired statistics; the one `base` run pairs with every seed.
     items = {m: {s: json.loads((run_dir_of(output_dir, m, first if m == "base" else s) / "items.json").read_text())
-                 for s in seeds} for m in methods}  # fmt: skip
+                 for s in (seeds if m == "base" else seeds_of(config, m))} for m in methods}  # fmt: skip
     statistics = {"reference": REFERENCE, "confidence": CONFIDENCE, "n_resamples": N_RESAMPLES,
                   "differences": compare_to(REFERENCE, items, per_seed) if REFERENCE in methods else {}}  # fmt: skip
     baselines: dict[str, dict[str, float]] = {}
