@@ -30,6 +30,9 @@ from icft.evaluation.baselines import (
     expected_hit,
     is_choice,
     item_type,
+    option_texts,
+    option_word_model,
+    tagged_option,
 )
 
 
@@ -52,20 +55,12 @@ def table(by_type: bool = False) -> str:
     return "\n".join(lines)
 
 
-def other_models(train) -> dict[str, Callable[[Example], list[float]]]:
+def other_models(train: list[Example]) -> dict[str, Callable[[Example], list[float]]]:
     """Option-word cheats the generator did not pick against, fitted on train like the bag of words."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.naive_bayes import BernoulliNB
 
-    def tagged(ex: Example) -> list[str]:
-        return [f"{'pref' if ex.kind == 'preference' else 'qa'}kind {o.lower()}" for o in choices(ex)[0]]
-
-    texts, labels = [], []
-    for ex in train:
-        if is_choice(ex):
-            texts += tagged(ex)
-            labels += [int(i == choices(ex)[1]) for i in range(len(choices(ex)[0]))]
     words = {"token_pattern": r"[a-z0-9]+", "binary": True}
     models = {
         "LR C=0.1": (CountVectorizer(**words), LogisticRegression(C=0.1, max_iter=3000)),
@@ -75,19 +70,16 @@ def other_models(train) -> dict[str, Callable[[Example], list[float]]]:
     }
     rules: dict[str, Callable[[Example], list[float]]] = {}
     for name, (vectorizer, model) in models.items():
-        model.fit(vectorizer.fit_transform(texts), labels)
-
-        def rule(ex: Example, vectorizer=vectorizer, model=model) -> list[float]:
-            x = vectorizer.transform(tagged(ex))
-            if hasattr(model, "decision_function"):
-                scores = model.decision_function(x)
-            else:
-                scores = model.predict_log_proba(x)[:, 1]
-            return [round(float(v), 9) for v in scores]
-
-        rules[name] = rule
+        looks_right = option_word_model(train, vectorizer, model)
+        rules[name] = lambda ex, looks_right=looks_right: looks_right(ex.kind, choices(ex)[0])
+    texts, labels = option_texts(train)
     right, seen = Counter(t for t, label in zip(texts, labels) if label), Counter(texts)
-    rules["right share of the text"] = lambda ex: [(right[t] + 1) / (seen[t] + 4) for t in tagged(ex)]
+
+    def right_share(ex: Example) -> list[float]:
+        tagged = [tagged_option(ex.kind, o) for o in choices(ex)[0]]
+        return [(right[t] + 1) / (seen[t] + 4) for t in tagged]
+
+    rules["right share of the text"] = right_share
     return rules
 
 

@@ -196,30 +196,39 @@ def bag_of_words(train: Sequence[Example]) -> Callable[[Example], list[float]]:
     return lambda ex: looks_right(ex.kind, choices(ex)[0])
 
 
-def option_word_model(train: Sequence[Example]) -> Callable[[str, list[str]], list[float]]:
+def option_word_model(train: Sequence[Example], vectorizer=None, model=None) -> Callable[[str, list[str]], list[float]]:
     """The bag-of-words cheat's model: (kind, option texts) -> how right each option looks from its words
     alone (a logistic-regression logit). The bundled data's retention probes use it to pick wrong options
-    that look as right as the answer does."""
+    that look as right as the answer does. `vectorizer` and `model` (scikit-learn) replace the cheat's
+    (binary option words, logistic regression), to ask whether other option-word models find a cue."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    texts, labels = [], []
-    for ex in train:
-        if is_choice(ex):
-            options, gold = choices(ex)
-            texts += [_tagged(ex.kind, o) for o in options]
-            labels += [int(i == gold) for i in range(len(options))]
-    vectorizer = CountVectorizer(binary=True, token_pattern=r"[a-z0-9]+")
-    model = LogisticRegression(max_iter=2000, C=1.0).fit(vectorizer.fit_transform(texts), labels)
+    texts, labels = option_texts(train)
+    vectorizer = CountVectorizer(binary=True, token_pattern=r"[a-z0-9]+") if vectorizer is None else vectorizer
+    model = LogisticRegression(max_iter=2000, C=1.0) if model is None else model
+    model.fit(vectorizer.fit_transform(texts), labels)
 
     def score(kind: str, options: list[str]) -> list[float]:
-        logits = model.decision_function(vectorizer.transform([_tagged(kind, o) for o in options]))
+        x = vectorizer.transform([tagged_option(kind, o) for o in options])
+        logits = model.decision_function(x) if hasattr(model, "decision_function") else model.predict_log_proba(x)[:, 1]
         return [round(float(v), 9) for v in logits]  # rounding makes equal bags of words tie exactly
 
     return score
 
 
-def _tagged(kind: str, option: str) -> str:
+def option_texts(train: Sequence[Example]) -> tuple[list[str], list[int]]:
+    """Every (item, option) pair of the scorable training items, as tagged_option text and 1 if it is right."""
+    texts, labels = [], []
+    for ex in train:
+        if is_choice(ex):
+            options, gold = choices(ex)
+            texts += [tagged_option(ex.kind, o) for o in options]
+            labels += [int(i == gold) for i in range(len(options))]
+    return texts, labels
+
+
+def tagged_option(kind: str, option: str) -> str:
     # the kind as a word, so preference answers and options can weigh words differently
     return f"{'pref' if kind == 'preference' else 'qa'}kind {option.lower()}"
 

@@ -267,9 +267,8 @@ def lr_selection_dir(output_dir: Path, method: str, scale: float) -> Path:
 def lr_selection_run(config: RunConfig, method: str, scale: float, output_dir: Path) -> dict:
     """Train one method at the first seed with `scale` times its own learning rate, and return its
     validation scores from stage_eval.json. Training only: the test files are never read here."""
-    cfg = method_config(config, SAME_RUNS.get(method, method), config.compare.seeds[0],
-                        lr=scale * default_lr(config, method))
-    run_dir = lr_selection_dir(output_dir, SAME_RUNS.get(method, method), scale)
+    cfg = method_config(config, method, config.compare.seeds[0], lr=scale * default_lr(config, method))
+    run_dir = lr_selection_dir(output_dir, method, scale)
     train_run(cfg, run_dir, run_status(run_dir))
     stage_eval = json.loads((run_dir / "stage_eval.json").read_text())
     return {"lr": cfg.train.lr, "average_accuracy": stage_eval["average_accuracy"],
@@ -292,8 +291,8 @@ def select_learning_rates(config: RunConfig, output_dir: Path) -> dict[str, floa
     times the method's own rate, at the first seed). Writes lr_selection.json; finished selection runs are
     kept when compare runs again, as the seeded runs are."""
     scales = config.compare.lr_scales
-    trained = [m for m in config.compare.methods if m != "base"]
-    jobs = [(m, scale) for m in dict.fromkeys(SAME_RUNS.get(m, m) for m in trained) for scale in scales]
+    runs_of = {m: SAME_RUNS.get(m, m) for m in config.compare.methods if m != "base"}  # whose runs each reads
+    jobs = [(m, scale) for m in dict.fromkeys(runs_of.values()) for scale in scales]
     scores: dict[str, dict[float, dict]] = {m: {} for m, _ in jobs}
     print(f"choosing learning rates on validation: {len(jobs)} runs ({', '.join(f'x{s:g}' for s in scales)} "
           "of each method's rate)", flush=True)  # fmt: skip
@@ -304,14 +303,14 @@ def select_learning_rates(config: RunConfig, output_dir: Path) -> dict[str, floa
             scores[method][scale] = future.result()
             print(f"  {method} lr {scores[method][scale]['lr']:.2g}: average stage accuracy "
                   f"{scores[method][scale]['average_accuracy']}", flush=True)  # fmt: skip
-    chosen = {m: best_scale(scores[SAME_RUNS.get(m, m)]) for m in trained}
+    chosen = {m: best_scale(scores[runs]) for m, runs in runs_of.items()}
     write_json(output_dir / "lr_selection.json", {
-        m: {"chosen_scale": chosen[m], "lr": scores[SAME_RUNS.get(m, m)][chosen[m]]["lr"],
-            "runs": {f"x{scale:g}": s for scale, s in sorted(scores[SAME_RUNS.get(m, m)].items())}} for m in trained
+        m: {"chosen_scale": chosen[m], "lr": scores[runs][chosen[m]]["lr"],
+            "runs": {f"x{scale:g}": s for scale, s in sorted(scores[runs].items())}} for m, runs in runs_of.items()
     })  # fmt: skip
-    for m in trained:
-        reuse_selection_run(output_dir, m, config.compare.seeds[0], chosen[m])
-    return {m: scores[SAME_RUNS.get(m, m)][chosen[m]]["lr"] for m in trained}
+    for m, runs in runs_of.items():
+        reuse_selection_run(output_dir, runs, config.compare.seeds[0], chosen[m])
+    return {m: scores[runs][chosen[m]]["lr"] for m, runs in runs_of.items()}
 
 
 def reuse_selection_run(output_dir: Path, method: str, seed: int, scale: float) -> None:
@@ -320,7 +319,7 @@ def reuse_selection_run(output_dir: Path, method: str, seed: int, scale: float) 
     run_dir = run_dir_of(output_dir, method, seed)
     if run_status(run_dir) == "new":
         shutil.rmtree(run_dir, ignore_errors=True)  # a folder with nothing finished in it
-        shutil.copytree(lr_selection_dir(output_dir, SAME_RUNS.get(method, method), scale), run_dir)
+        shutil.copytree(lr_selection_dir(output_dir, method, scale), run_dir)
 
 
 def _pool(config: RunConfig) -> ProcessPoolExecutor:
