@@ -21,6 +21,7 @@ from icft.evaluation import metrics as M
 from icft.evaluation.commands import eval_command
 from icft.evaluation.evaluate import evaluate_examples, format_table, perplexity
 from icft.evaluation.generation import generate_answers
+from icft.likelihood import eval_batches
 
 nan = float("nan")
 
@@ -228,6 +229,19 @@ def test_perplexity_is_one_for_text_the_model_knows(tiny_llama):
     assert perplexity(oracle, tokenizer, texts, batch_size=2) == pytest.approx(1.0, abs=1e-3)
     unknown = ["The spleen filters old red cells.", "Fever is a sign of infection."]
     assert perplexity(oracle, tokenizer, unknown, batch_size=2) > 100  # random weights, 30k-token vocabulary
+
+
+def test_eval_batches_run_in_eval_mode_and_restore_the_mode_even_after_an_error():
+    model = torch.nn.Dropout(0.5)
+    seen = [(start, model.training) for start in eval_batches(model, 7, 3)]
+    assert seen == [(0, False), (3, False), (6, False)] and model.training
+    with pytest.raises(RuntimeError):
+        for _ in eval_batches(model, 7, 3):
+            raise RuntimeError("a batch failed")
+    assert model.training
+    model.eval()
+    list(eval_batches(model, 2, 1))
+    assert not model.training  # a model in eval mode stays there
 
 
 # ----------------------------------------------------------------------------------------------------------

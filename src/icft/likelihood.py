@@ -6,6 +6,8 @@ these functions, so they agree on which tokens count (the target's, never the pr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -25,6 +27,21 @@ def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
     ).logits
     return logits, labels[:, 1:][keep[:, :-1]], keep.nonzero()[:, 0]
+
+
+def eval_batches(model, n_items: int, batch_size: int, progress: bool = False, desc: str = "batches") -> Iterator[int]:
+    """Start index of each batch of `n_items`; the model is in eval mode while they run, its mode restored after."""
+    starts = range(0, n_items, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+    was_training = model.training
+    model.eval()
+    try:
+        yield from starts
+    finally:
+        model.train(was_training)
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int):
@@ -58,14 +75,7 @@ def score_pairs(
     passes = sorted(groups.values(), key=lambda members: -len(sequences[members[0]].input_ids))
     scores = [0.0] * len(sequences)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    batches = range(0, len(passes), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="scoring", unit="batch", leave=False)
-    for start in batches:
+    for start in eval_batches(model, len(passes), batch_size, progress, desc="scoring"):
         chunk = passes[start : start + batch_size]
         batch = collate([sequences[members[0]] for members in chunk], tokenizer.pad_token_id)
         logits, targets, rows = target_logits(model, {k: v.to(device) for k, v in batch.items()})
@@ -77,7 +87,6 @@ def score_pairs(
             else:  # single-token continuations of one prompt
                 for i in members:
                     scores[i] = logp[positions[0], sequences[i].input_ids[-1]].item()
-    model.train(was_training)
     return scores
 
 

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..data.formatting import prompt_and_target, reference
 from ..data.schema import YES_NO_MAYBE, Example
 from ..data.tokenize import collate, encode_pair
-from ..likelihood import sequence_logprobs, target_logits
+from ..likelihood import eval_batches, sequence_logprobs, target_logits
 from . import metrics as M
 from .baselines import label_recalls
 from .generation import context_limit, generate_answers
@@ -140,20 +140,12 @@ def perplexity(
     sequences = sorted((s for s in sequences if s.n_target > 0), key=lambda s: -len(s.input_ids))
     device = next(model.parameters()).device
     total_logp, total_tokens = 0.0, 0.0
-    was_training = model.training
-    model.eval()
-    batches = range(0, len(sequences), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="perplexity", unit="batch", leave=False)
-    for start in batches:
+    for start in eval_batches(model, len(sequences), batch_size, progress, desc="perplexity"):
         chunk = sequences[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate(chunk, tokenizer.pad_token_id).items()}
         _, row_sum, row_count = sequence_logprobs(*target_logits(model, batch), n_rows=len(chunk))
         total_logp += row_sum.sum().item()
         total_tokens += row_count.sum().item()
-    model.train(was_training)
     return math.exp(-total_logp / total_tokens) if total_tokens else math.nan
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..likelihood import eval_batches
+
 
 @torch.no_grad()
 def generate_answers(
@@ -45,14 +47,7 @@ def generate_answers(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     answers = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
-    batches = range(0, len(order), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="generating", unit="batch", leave=False)
-    for start in batches:
+    for start in eval_batches(model, len(order), batch_size, progress, desc="generating"):
         idx = order[start : start + batch_size]
         input_ids, attention_mask = _left_pad([encoded[i] for i in idx], pad_id)
         output = model.generate(
@@ -66,7 +61,6 @@ def generate_answers(
         )
         for i, row in zip(idx, output[:, input_ids.shape[1] :].tolist()):
             answers[i] = _decode(tokenizer, row, stop)
-    model.train(was_training)
     return answers
 
 

@@ -53,7 +53,7 @@ from ..errors import TrainingError
 from ..evaluation.stage_eval import stage_report, stage_row, validation_loss
 from ..inference.retrieval import training_contexts
 from ..io import write_json
-from ..likelihood import target_logits
+from ..likelihood import eval_batches, target_logits
 from ..memory import Embedder, LongTermMemory, MemoryItem, ReplaySchedule, ShortTermMemory, example_text
 from ..models import (
     count_parameters,
@@ -279,16 +279,13 @@ def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Ex
 def record_teacher_outputs(model, cache: TokenCache, ltm: LongTermMemory, items: list[MemoryItem], k: int,
                            device, batch_size: int = 32) -> None:  # fmt: skip
     """Store the model's top-k output distribution on each new LTM exemplar's target tokens."""
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(items), batch_size):
+    for start in eval_batches(model, len(items), batch_size):
         chunk = items[start : start + batch_size]
         batch = collate([cache.encode(i.example) for i in chunk], cache.tokenizer.pad_token_id)
         logits, _, rows = target_logits(model, {k_: v.to(device) for k_, v in batch.items()})
         ids, logprobs = losses.top_k_outputs(logits, k)
         for r, item in enumerate(chunk):
             ltm.set_teacher(item.example.id, ids[rows == r].cpu(), logprobs[rows == r].cpu())
-    model.train(was_training)
 
 
 def consolidate(model, cache: TokenCache, stm: ShortTermMemory, ltm: LongTermMemory, embedder: Embedder,
