@@ -10,7 +10,7 @@ import yaml
 
 from icft.config import RunConfig, load_config, save_config
 from icft.errors import ConfigError
-from icft.evaluation.report import below_baselines, difference_table, results_table
+from icft.evaluation.report import below_baselines, difference_table, first_stage_table, mean_matrix, results_table
 from icft.recipes import compare as C
 from icft.recipes.compare import METHOD_OVERRIDES, method_config
 
@@ -194,6 +194,20 @@ def test_difference_table_gives_interval_and_significance():
     assert lines[0] == "| ICFT minus | MC accuracy (unseen) |"
     assert lines[2] == "| base | +0.300 [+0.200, +0.400] **yes** |"
     assert difference_table({"methods": {}}) == ["(no ICFT run to compare with, or nothing paired)"]
+
+
+def test_stage_one_is_shown_seed_by_seed_and_matrices_average_over_the_seeds_that_scored():
+    seed0 = [[0.6, None, 0.2], [0.4, 0.5, 0.3], [0.5, 0.4, 0.6]]
+    seed1 = [[0.8, None, 0.4], [0.6, 0.3, 0.3], [0.5, None, 0.4]]
+    mean = mean_matrix([seed0, seed1])
+    assert [row[1] for row in mean] == [None, pytest.approx(0.4), 0.4]  # None where no seed scored; else those that did
+    assert [row[0] for row in mean] == pytest.approx([0.7, 0.5, 0.5])
+    assert [row[2] for row in mean] == pytest.approx([0.3, 0.3, 0.5])
+    lines = first_stage_table({"lora-sequential": [seed0, seed1], "one-stage": [[[0.9]]]})
+    assert lines[-1] == ("| lora-sequential | 0.700 (0.600, 0.800) | 0.500 (0.400, 0.600) | 0.500 (0.500, 0.500) "
+                         "| -0.200 (-0.100, -0.300) |")  # fmt: skip
+    assert "one-stage" not in "\n".join(lines)  # one stage: nothing after it to forget under
+    assert first_stage_table({}) == []
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@
 2. one line per method: the metrics on which it does not beat the best trivial baseline;
 3. the paired differences: ICFT minus each method, with a 95% interval (paired bootstrap for test metrics,
    paired t over seeds for run-level ones; evaluation/statistics.py) and whether it excludes 0;
-4. the accuracy matrices, and the plots.
+4. stage 1's accuracy after each stage, seed by seed, the accuracy matrices (mean over seeds), and the plots.
 
 `results` is what compare writes to results.json: {"methods": {method: {metric: {"mean", "std", "n"}}},
 "per_seed": ..., "baselines": {baseline: {metric: value}}, "statistics": {"reference", "differences": ...}}.
@@ -47,6 +47,7 @@ RUN_METRICS = [
 # A constant answer has recall 1 on its own label: "beating" it there means nothing, so recalls are shown
 # but left out of the floor check.
 FLOOR_METRICS = ("accuracy", "macro_f1", "preference_accuracy")
+Matrix = list[list[float | None]]  # stage_eval.json's accuracy_matrix: [after stage i][on stage j]
 
 
 def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -162,7 +163,8 @@ def learning_rates_line(results: dict, config: RunConfig) -> str:
     return f"Learning rates ({how}): {rates or '-'}."
 
 
-def report_markdown(results: dict, config: RunConfig, matrices: dict) -> str:
+def report_markdown(results: dict, config: RunConfig, matrices: dict[str, list[Matrix]]) -> str:
+    """`matrices`: each trained method's accuracy matrix per seed."""
     seeds = ", ".join(map(str, config.compare.seeds))
     stats = results.get("statistics", {})
     parts = [
@@ -196,17 +198,58 @@ def report_markdown(results: dict, config: RunConfig, matrices: dict) -> str:
         "",
         *in_plain_words(results),
         "",
-        "## Accuracy matrices (seed of the first run; rows: after stage i, columns: stage j)",
+        *first_stage_table(matrices),
+        "",
+        "## Accuracy matrices (mean over seeds; rows: after stage i, columns: stage j)",
     ]
-    for method, R in matrices.items():
-        rows = ["  ".join("  -  " if a is None else f"{a:.3f}" for a in row) for row in R]
+    for method, per_seed in matrices.items():
+        rows = ["  ".join("  -  " if a is None else f"{a:.3f}" for a in row) for row in mean_matrix(per_seed)]
         parts += ["", f"**{method}**", "", "```", *rows, "```"]
     parts += ["", "Plots: `learning_curves.png`, `accuracy_matrices.png`, `forgetting.png`.", ""]
     return "\n".join(parts)
 
 
+def mean_matrix(per_seed: list[Matrix]) -> Matrix:
+    """Element-wise mean over seeds; a cell no seed could score (None) stays None."""
+    out: Matrix = []
+    for rows in zip(*per_seed):
+        cells = [[v for v in column if v is not None] for column in zip(*rows)]
+        out.append([sum(c) / len(c) if c else None for c in cells])
+    return out
+
+
+def _mean_and_seeds(values: list[float | None], sign: str = "") -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    seeds = ", ".join("-" if v is None else f"{v:{sign}.3f}" for v in values)
+    return f"{sum(known) / len(known):{sign}.3f} ({seeds})"
+
+
+def first_stage_table(matrices: dict[str, list[Matrix]]) -> list[str]:
+    """Stage 1's validation accuracy after stage 1, after stage 2 and at the end, seed by seed.
+
+    Forgetting averages every stage's drop; stage 1 has the most later training to lose it under, and its
+    seeds side by side show whether a drop is larger than the spread between seeds.
+    """
+    matrices = {m: per_seed for m, per_seed in matrices.items() if len(per_seed[0]) > 1}
+    if not matrices:
+        return []
+    lines = ["## Stage 1, seed by seed",
+             "Validation accuracy on stage 1 after each stage's budget: mean (each seed).", "",
+             "| method | after stage 1 | after stage 2 | at the end | end minus after stage 1 |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for method, per_seed in matrices.items():
+        learned, after_next, end = ([R[i][0] for R in per_seed] for i in (0, 1, -1))
+        drops = [None if a is None or b is None else b - a for a, b in zip(learned, end)]
+        cells = [_mean_and_seeds(learned), _mean_and_seeds(after_next), _mean_and_seeds(end),
+                 _mean_and_seeds(drops, sign="+")]  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def plots(output_dir: Path, curves: dict, matrices: dict, results: dict) -> None:
-    """`results`: {method: {metric: {"mean", "std", "n"}}} (results.json's "methods")."""
+    """`matrices`: {method: accuracy matrix}; `results`: {method: {metric: {"mean", "std", "n"}}}."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -55,6 +55,7 @@ from ..evaluation.report import (
     below_baselines,
     difference_table,
     in_plain_words,
+    mean_matrix,
     mean_std,
     plots,
     report_markdown,
@@ -430,9 +431,10 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
     }
     write_json(output_dir / "results.json", results)
     curves = {m: outcomes[(m, first)]["curve"] for m in methods if outcomes[(m, first)]["curve"]}
-    matrices = {m: outcomes[(m, first)]["matrix"] for m in methods if outcomes[(m, first)]["matrix"]}
+    matrices = {m: [outcomes[(m, s)]["matrix"] for s in seeds_of(config, m)] for m in methods
+                if outcomes[(m, first)]["matrix"]}  # fmt: skip
     write_text(output_dir / "report.md", report_markdown(results, config, matrices))
-    plots(output_dir, curves, matrices, results["methods"])
+    plots(output_dir, curves, {m: mean_matrix(per_seed) for m, per_seed in matrices.items()}, results["methods"])
     print("\n".join([results_table(results), "", *below_baselines(results), "", *difference_table(results), "",
                      *in_plain_words(results)]))
     return results
