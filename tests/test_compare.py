@@ -3,6 +3,7 @@ end-to-end run on a tiny model (slow)."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -10,7 +11,14 @@ import yaml
 
 from icft.config import RunConfig, load_config, save_config
 from icft.errors import ConfigError
-from icft.evaluation.report import below_baselines, difference_table, first_stage_table, mean_matrix, results_table
+from icft.evaluation.report import (
+    below_baselines,
+    difference_table,
+    first_stage_table,
+    in_plain_words,
+    mean_matrix,
+    results_table,
+)
 from icft.recipes import compare as C
 from icft.recipes.compare import METHOD_OVERRIDES, method_config
 
@@ -187,6 +195,15 @@ def test_report_flags_methods_below_the_best_trivial_baseline():
     # icft beats the floors on accuracy but not on macro-F1; recall against a constant answer is not a contest
     assert lines[1] == ("- **icft**: NOT above the best trivial baseline on yes/no/maybe macro-F1 (unseen) 0.200 ≤ "
                         "0.300 (random)")  # fmt: skip
+
+
+def test_plain_words_name_only_the_methods_below_a_trivial_baseline():
+    results = copy.deepcopy(RESULTS)
+    results["methods"]["lora-mixed"] = {"unseen/accuracy": {"mean": 0.5, "std": 0.0, "n": 2},
+                                        "unseen/macro_f1": {"mean": 0.4, "std": 0.0, "n": 2}}  # fmt: skip
+    assert below_baselines(results)[2] == "- **lora-mixed**: above the best trivial baseline on every metric."
+    assert in_plain_words(results)[-1].startswith("- Not above the best trivial baseline on at least one accuracy: "
+                                                  "base, icft (see")  # fmt: skip
 
 
 def test_difference_table_gives_interval_and_significance():

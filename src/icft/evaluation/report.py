@@ -94,23 +94,27 @@ def _cell(key: str, value: dict | None) -> str:
     return f"{value['mean']:.3f} ± {value['std']:.3f}"
 
 
-def below_baselines(results: dict) -> list[str]:
-    """One line per method: the test metrics where its mean does not beat the best trivial baseline."""
+def floor_misses(results: dict) -> dict[str, list[str]]:
+    """Per method, the test metrics where its mean does not beat the best trivial baseline (empty: none)."""
     baselines = results.get("baselines", {})
-    lines = []
+    misses: dict[str, list[str]] = {}
     for method, metrics in results["methods"].items():
-        misses = []
+        misses[method] = []
         for key, label, _ in report_rows(results):
             floors = {b: v[key] for b, v in baselines.items() if key in v}
             if key.split("/")[-1] not in FLOOR_METRICS or not floors or key not in metrics:
                 continue
             best = max(floors, key=lambda b: floors[b])
             if metrics[key]["mean"] <= floors[best]:
-                misses.append(f"{label} {metrics[key]['mean']:.3f} ≤ {floors[best]:.3f} ({best})")
-        verdict = ("NOT above the best trivial baseline on " + "; ".join(misses) if misses
-                   else "above the best trivial baseline on every metric.")  # fmt: skip
-        lines.append(f"- **{method}**: {verdict}")
-    return lines
+                misses[method].append(f"{label} {metrics[key]['mean']:.3f} ≤ {floors[best]:.3f} ({best})")
+    return misses
+
+
+def below_baselines(results: dict) -> list[str]:
+    """One line per method: the test metrics where its mean does not beat the best trivial baseline."""
+    return [f"- **{method}**: " + ("NOT above the best trivial baseline on " + "; ".join(misses) if misses
+                                   else "above the best trivial baseline on every metric.")
+            for method, misses in floor_misses(results).items()]  # fmt: skip
 
 
 def difference_table(results: dict) -> list[str]:
@@ -148,7 +152,7 @@ def in_plain_words(results: dict) -> list[str]:
         else:
             lines.append(f"- ICFT against {method}: better on {', '.join(better) or 'nothing'}; worse on "
                          f"{', '.join(worse) or 'nothing'} (95% intervals excluding 0); no difference elsewhere.")
-    below = [line.split("**")[1] for line in below_baselines(results) if line.startswith("- **")]
+    below = [method for method, misses in floor_misses(results).items() if misses]
     if below:
         lines.append(f"- Not above the best trivial baseline on at least one accuracy: {', '.join(below)} "
                      "(see the list above); such a figure is no evidence of learning.")  # fmt: skip
