@@ -112,11 +112,11 @@ def test_plan_says_what_it_keeps_and_resumes(tmp_path, capsys):
     assert capsys.readouterr().out == ""  # nothing kept or resumed: nothing to say
 
 
-def test_a_changed_config_is_refused_but_more_seeds_are_fine(tmp_path):
+def test_a_changed_config_is_refused_but_more_seeds_or_rates_to_choose_from_are_fine(tmp_path):
     config = load_config(None, ["compare.seeds=[0]"])
     save_config(config, tmp_path / "config.yaml")
-    C.check_same_config(load_config(None, ["compare.seeds=[0, 1]", "compare.jobs=2",
-                                           "compare.methods=[icft]"]), tmp_path)  # fmt: skip
+    C.check_same_config(load_config(None, ["compare.seeds=[0, 1]", "compare.jobs=2", "compare.methods=[icft]",
+                                           "compare.lr_scales=[0.3, 1, 3]"]), tmp_path)  # fmt: skip
     with pytest.raises(ConfigError, match=r"\(compare.max_test_examples, train.max_steps changed\)"):
         C.check_same_config(load_config(None, ["train.max_steps=7", "compare.max_test_examples=3"]), tmp_path)
     # A folder saved before a key existed: the missing key counts as its default, not as a change.
@@ -296,6 +296,54 @@ def test_each_method_scales_its_own_rate_and_full_ft_its_own():
     assert method_config(config, "full-ft", 0, lr=2 * C.default_lr(config, "full-ft")).train.lr == 0.0004
     with pytest.raises(ConfigError, match="compare.lr_scales"):
         load_config(None, ["compare.lr_scales=[0, 1]"])
+
+
+def _trained_run(run_dir, config: RunConfig, accuracy: float) -> None:
+    """A run folder as train and compare leave it (config, summary, validation scores, test results)."""
+    run_dir.mkdir(parents=True)
+    save_config(config, run_dir / "config.yaml")
+    (run_dir / "summary.json").write_text("{}")
+    (run_dir / "stage_eval.json").write_text(json.dumps({"average_accuracy": accuracy, "average_nll": 2.0}))
+    (run_dir / "result.json").write_text("{}")
+    (run_dir / "items.json").write_text("{}")
+
+
+def test_a_first_seed_run_at_the_own_rate_is_the_x1_selection_run(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(C, "train_run", lambda cfg, run_dir, status: trained.append((run_dir.name, status)))
+    config = load_config(None, ["train.lr=0.003", "compare.seeds=[0, 1]", "compare.lr_scales=[0.3, 1, 3]"])
+    _trained_run(C.run_dir_of(tmp_path, "lora-sequential", 0), method_config(config, "lora-sequential", 0), 0.41)
+    scores = C.lr_selection_run(config, "lora-sequential", 1.0, tmp_path)
+    assert scores == {"lr": 0.003, "average_accuracy": 0.41, "average_nll": 2.0}
+    x1 = C.lr_selection_dir(tmp_path, "lora-sequential", 1.0)
+    assert trained == [("x1", "trained")]  # copied, so nothing left to train
+    assert not (x1 / "result.json").exists() and not (x1 / "items.json").exists()  # no test results in selection
+    # At another rate the first seed's run is not that run: it trains.
+    with pytest.raises(FileNotFoundError):  # (the stub trains nothing, so there is no stage_eval.json)
+        C.lr_selection_run(config, "lora-sequential", 3.0, tmp_path)
+    assert trained[-1] == ("x3", "new")
+    # Nor is a first seed's run trained at another rate (e.g. an earlier selection chose x3).
+    other = tmp_path / "other"
+    _trained_run(C.run_dir_of(other, "icft", 0), method_config(config, "icft", 0, lr=0.009), 0.5)
+    with pytest.raises(FileNotFoundError):
+        C.lr_selection_run(config, "icft", 1.0, other)
+    assert trained[-1] == ("x1", "new")
+
+
+def test_kept_runs_at_another_rate_than_the_chosen_one_are_refused_by_name(tmp_path):
+    config = load_config(None, ["train.lr=0.003", "compare.full_ft_lr=0.0002", "compare.seeds=[0, 1]"])
+    for seed in (0, 1):
+        _trained_run(C.run_dir_of(tmp_path, "icft", seed), method_config(config, "icft", seed), 0.4)
+    _trained_run(C.run_dir_of(tmp_path, "full-ft", 0), method_config(config, "full-ft", 0), 0.4)
+    jobs = [("base", 0), ("icft", 0), ("icft", 1), ("full-ft", 0), ("full-ft", 1)]
+    status = {job: C.run_status(C.run_dir_of(tmp_path, *job)) for job in jobs}
+    C.check_trained_rates(config, jobs, status, {}, tmp_path)  # every kept run at its method's own rate
+    C.check_trained_rates(config, jobs, status, {"icft": 0.003, "full-ft": 0.0002}, tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        C.check_trained_rates(config, jobs, status, {"icft": 0.009, "full-ft": 0.0002}, tmp_path)
+    message = str(refused.value)
+    assert "icft/seed0 (lr 0.003, now 0.009)" in message and "icft/seed1 (lr 0.003, now 0.009)" in message
+    assert "full-ft" not in message  # its kept run is at its chosen rate; seed 1 is new, nothing to refuse
 
 
 @pytest.mark.slow

@@ -25,7 +25,9 @@ reported on its own. Nothing here is tuned on test data.
 Learning rates (compare.lr_scales): every method's rate is chosen the same way, on validation only: at the
 first seed, one training run per scale times the method's own rate (<output>/<method>/lr-select/x<scale>),
 keeping the best average stage accuracy; the seeded runs then use it, and the selection run at the chosen
-rate (same config, same seed) is the first seed's run.
+rate (same config, same seed) is the first seed's run. The other way round too: a first seed's run already
+trained at the method's own rate (a comparison run before with other scales, or none) is its x1 selection run.
+A kept run trained at another rate than the one chosen is refused, named, rather than mixed into the table.
 
 Each method/seed run folder (<output>/<method>/seed<N>) ends with `items.json` (every test item's score, so
 statistics can pair items across methods and seeds) and then `result.json`, written last: a folder with
@@ -85,7 +87,8 @@ METHOD_OVERRIDES: dict[str, dict[str, object]] = {
 SAME_RUNS = {"icft-no-pacing": "lora-memory"}
 REFERENCE = "icft"  # the method the paired differences are taken from
 # compare keys that choose which runs happen, not what a run does: they may change between a run and its resume.
-SCHEDULING_KEYS = ("compare.methods", "compare.seeds", "compare.ablation_seeds", "compare.jobs")
+# compare.lr_scales may too: a kept run whose rate is not the one chosen is refused by check_trained_rates.
+SCHEDULING_KEYS = ("compare.methods", "compare.seeds", "compare.ablation_seeds", "compare.jobs", "compare.lr_scales")
 
 
 def method_config(config: RunConfig, method: str, seed: int, lr: float | None = None) -> RunConfig:
@@ -270,10 +273,36 @@ def lr_selection_run(config: RunConfig, method: str, scale: float, output_dir: P
     validation scores from stage_eval.json. Training only: the test files are never read here."""
     cfg = method_config(config, method, config.compare.seeds[0], lr=scale * default_lr(config, method))
     run_dir = lr_selection_dir(output_dir, method, scale)
+    seed_run = run_dir_of(output_dir, method, config.compare.seeds[0])
+    if run_status(run_dir) == "new" and run_status(seed_run) in ("trained", "finished") \
+            and math.isclose(trained_lr(seed_run), cfg.train.lr):
+        # The first seed's run at this rate is this selection run (same config, same seed): its training is
+        # copied, not repeated; its test evaluation is left behind, as selection never reads test data.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(seed_run, run_dir, ignore=shutil.ignore_patterns("items.json", "result.json"))
     train_run(cfg, run_dir, run_status(run_dir))
     stage_eval = json.loads((run_dir / "stage_eval.json").read_text())
     return {"lr": cfg.train.lr, "average_accuracy": stage_eval["average_accuracy"],
             "average_nll": stage_eval["average_nll"]}  # fmt: skip
+
+
+def trained_lr(run_dir: Path) -> float:
+    """The learning rate a run folder was trained at (its config.yaml, written when training starts)."""
+    return load_config(run_dir / "config.yaml").train.lr
+
+
+def check_trained_rates(config: RunConfig, jobs: list[tuple[str, int]], status: dict, lrs: dict[str, float],
+                        output_dir: Path) -> None:  # fmt: skip
+    """Kept or resumed runs must have been trained at the rate their method uses now (its chosen one when
+    rates are chosen): a ConfigError names each that was not, so no table mixes two rates of one method."""
+    stale = []
+    for method, seed in jobs:
+        run_dir, lr = run_dir_of(output_dir, method, seed), lrs.get(method, default_lr(config, method))
+        if method != "base" and status[(method, seed)] != "new" and not math.isclose(trained_lr(run_dir), lr):
+            stale.append(f"{run_dir} (lr {trained_lr(run_dir):g}, now {lr:g})")
+    if stale:
+        raise ConfigError(f"runs trained at another learning rate than their method's: {'; '.join(stale)}. "
+                          "Delete those folders to train them again at the rate now chosen")  # fmt: skip
 
 
 def best_scale(scores: dict[float, dict]) -> float:
@@ -388,6 +417,7 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
     jobs = [(m, s) for m in config.compare.methods for s in seeds_of(config, m)]
     lrs = select_learning_rates(config, output_dir) if config.compare.lr_scales else {}
     status = plan(jobs, output_dir)
+    check_trained_rates(config, jobs, status, lrs, output_dir)
     outcomes = {job: json.loads((run_dir_of(output_dir, *job) / "result.json").read_text())
                 for job in jobs if status[job] == "finished"}  # fmt: skip
     # A method in SAME_RUNS shares its runs: each run folder is trained and evaluated once.
