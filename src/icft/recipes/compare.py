@@ -296,10 +296,11 @@ def check_trained_rates(config: RunConfig, jobs: list[tuple[str, int]], status: 
     """Kept or resumed runs must have been trained at the rate their method uses now (its chosen one when
     rates are chosen): a ConfigError names each that was not, so no table mixes two rates of one method."""
     stale = []
-    for method, seed in jobs:
-        run_dir, lr = run_dir_of(output_dir, method, seed), lrs.get(method, default_lr(config, method))
-        if method != "base" and status[(method, seed)] != "new" and not math.isclose(trained_lr(run_dir), lr):
-            stale.append(f"{run_dir} (lr {trained_lr(run_dir):g}, now {lr:g})")
+    kept = {run_dir_of(output_dir, m, s): m for m, s in jobs if m != "base" and status[(m, s)] != "new"}
+    for run_dir, method in kept.items():  # a folder two methods share (SAME_RUNS) is checked, and named, once
+        trained, lr = trained_lr(run_dir), lrs.get(method, default_lr(config, method))
+        if not math.isclose(trained, lr):
+            stale.append(f"{run_dir} (lr {trained:g}, now {lr:g})")
     if stale:
         raise ConfigError(f"runs trained at another learning rate than their method's: {'; '.join(stale)}. "
                           "Delete those folders to train them again at the rate now chosen")  # fmt: skip
