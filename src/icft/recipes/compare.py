@@ -274,12 +274,10 @@ def lr_selection_run(config: RunConfig, method: str, scale: float, output_dir: P
     cfg = method_config(config, method, config.compare.seeds[0], lr=scale * default_lr(config, method))
     run_dir = lr_selection_dir(output_dir, method, scale)
     seed_run = run_dir_of(output_dir, method, config.compare.seeds[0])
-    if run_status(run_dir) == "new" and run_status(seed_run) in ("trained", "finished") \
-            and math.isclose(trained_lr(seed_run), cfg.train.lr):
+    if run_status(seed_run) in ("trained", "finished") and math.isclose(trained_lr(seed_run), cfg.train.lr):
         # The first seed's run at this rate is this selection run (same config, same seed): its training is
         # copied, not repeated; its test evaluation is left behind, as selection never reads test data.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.copytree(seed_run, run_dir, ignore=shutil.ignore_patterns("items.json", "result.json"))
+        take_over_run(seed_run, run_dir, leave=("items.json", "result.json"))
     train_run(cfg, run_dir, run_status(run_dir))
     stage_eval = json.loads((run_dir / "stage_eval.json").read_text())
     return {"lr": cfg.train.lr, "average_accuracy": stage_eval["average_accuracy"],
@@ -347,10 +345,15 @@ def select_learning_rates(config: RunConfig, output_dir: Path) -> dict[str, floa
 def reuse_selection_run(output_dir: Path, method: str, seed: int, scale: float) -> None:
     """The selection run at the chosen rate is the first seed's run (same config, same seed), so its trained
     folder becomes that run's, and only the test evaluation is left to do: one training run fewer per method."""
-    run_dir = run_dir_of(output_dir, method, seed)
-    if run_status(run_dir) == "new":
-        shutil.rmtree(run_dir, ignore_errors=True)  # a folder with nothing finished in it
-        shutil.copytree(lr_selection_dir(output_dir, method, scale), run_dir)
+    take_over_run(lr_selection_dir(output_dir, method, scale), run_dir_of(output_dir, method, seed))
+
+
+def take_over_run(source: Path, target: Path, leave: tuple[str, ...] = ()) -> None:
+    """Copy a trained run folder to `target` (a run of the same config and seed) unless something there is
+    already trained, finished or resumable; the files named in `leave` stay behind."""
+    if run_status(target) == "new":
+        shutil.rmtree(target, ignore_errors=True)  # a folder with nothing finished in it
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(*leave))
 
 
 def _pool(config: RunConfig) -> ProcessPoolExecutor:
