@@ -78,6 +78,22 @@ def test_preference_baselines_are_one_half_and_mixed_items_pool():
     assert trivial_baselines([Example(id="t", kind="text", source="t", text="hi")]) == {}
 
 
+def test_a_constant_answer_scores_rouge_on_templated_answers():
+    template = "This could be flu; a doctor should examine you."
+    items = [
+        Example(id="o0", kind="qa", source="t", question="What is it?", answer=template),
+        Example(id="o1", kind="qa", source="t", question="And this?", answer=template),
+        Example(id="d0", kind="dialogue", source="t",
+                turns=[{"role": "user", "content": "Help?"}, {"role": "assistant", "content": "Rest well."}]),
+        pref(0),
+    ]  # fmt: skip
+    out = trivial_baselines(items)
+    # the template given to all three: ROUGE-L 1, 1 and 0 (no word shared with the dialogue's answer)
+    assert out["majority"]["rougeL"] == pytest.approx(2 / 3)
+    assert "rougeL" not in out["random"] and "rougeL" not in out["position-prior"]
+    assert "accuracy" not in out["majority"]  # no multiple choice among them
+
+
 def test_cheats_on_hand_made_items():
     long_right = mc(0, ["a", "the longest option"], 1)
     assert longest_option(long_right) == [1.0, 18.0]

@@ -197,12 +197,22 @@ def test_report_flags_methods_below_the_best_trivial_baseline():
                         "0.300 (random)")  # fmt: skip
 
 
+def test_rouge_below_the_constant_answer_is_flagged():
+    results = copy.deepcopy(RESULTS)
+    results["baselines"]["majority"]["unseen/rougeL"] = 0.39
+    results["methods"]["icft"]["unseen/rougeL"] = {"mean": 0.23, "std": 0.01, "n": 2}
+    results["methods"]["base"]["unseen/rougeL"] = {"mean": 0.45, "std": 0.0, "n": 1}
+    lines = below_baselines(results)
+    assert lines[1].endswith("; ROUGE-L (unseen) 0.230 ≤ 0.390 (majority)")
+    assert "ROUGE-L" not in lines[0]  # above the constant answer
+
+
 def test_plain_words_name_only_the_methods_below_a_trivial_baseline():
     results = copy.deepcopy(RESULTS)
     results["methods"]["lora-mixed"] = {"unseen/accuracy": {"mean": 0.5, "std": 0.0, "n": 2},
                                         "unseen/macro_f1": {"mean": 0.4, "std": 0.0, "n": 2}}  # fmt: skip
     assert below_baselines(results)[2] == "- **lora-mixed**: above the best trivial baseline on every metric."
-    assert in_plain_words(results)[-1].startswith("- Not above the best trivial baseline on at least one accuracy: "
+    assert in_plain_words(results)[-1].startswith("- Not above the best trivial baseline on at least one metric: "
                                                   "base, icft (see")  # fmt: skip
 
 

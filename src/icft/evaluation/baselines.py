@@ -1,7 +1,9 @@
 """What a model scores without knowing anything: trivial baselines and surface-cue "cheats".
 
 `trivial_baselines` gives the floor that `icft eval` prints next to a model (random guessing, a constant
-answer, the best fixed option position), computed on exactly the items evaluated. The cheats
+answer, the best fixed option position), computed on exactly the items evaluated. For generated answers the
+constant answer is one reference text given to every item: on templated answers it scores high ROUGE-L
+without knowing anything, which is why a model's ROUGE-L is read against it. The cheats
 (`cheat_scores`) are simple rules that read only the surface of an item: the first option, the longest
 option, the option that repeats most of the question's words, the most frequent gold label, and a
 bag-of-words classifier over option words trained on the training file. On data without give-aways each
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..data.formatting import reference
 from ..data.schema import YES_NO_MAYBE, Example
 from . import metrics as M
 
@@ -59,7 +62,8 @@ def trivial_baselines(examples: Sequence[Example]) -> dict[str, dict[str, float]
     qa), `preference_accuracy`. Baselines: `random` (expected score of a uniform guess), `majority` (one
     constant answer: the most frequent gold label for yes/no/maybe, for other multiple choice the option
     text that is right most often where option texts repeat, else the best position), `position-prior`
-    (the single option position that is right most often)."""
+    (the single option position that is right most often). Generated answers (open qa, dialogue): `rougeL`
+    of the best constant answer, under `majority`."""
     qa = [ex for ex in examples if ex.kind == "qa" and ex.options]
     yn = [ex for ex in qa if is_yes_no_maybe(ex)]
     mc = [ex for ex in qa if not is_yes_no_maybe(ex)]
@@ -82,7 +86,19 @@ def trivial_baselines(examples: Sequence[Example]) -> dict[str, dict[str, float]
     if n_pref:
         for name in BASELINES:
             out[name]["preference_accuracy"] = 0.5
+    generated = [ex for ex in examples if (ex.kind == "qa" and not ex.options) or ex.kind == "dialogue"]
+    if generated:
+        out["majority"]["rougeL"] = constant_answer_rouge([reference(ex) for ex in generated])
     return {name: values for name, values in out.items() if values}
+
+
+def constant_answer_rouge(refs: Sequence[str], max_candidates: int = 100) -> float:
+    """Mean ROUGE-L of the best single answer given to every item: the reference with the highest mean
+    ROUGE-L against all references (at most `max_candidates` distinct ones tried, evenly spread). Like
+    the majority label it is chosen on the items scored: the best any constant answer gets there."""
+    distinct = sorted(set(refs))
+    candidates = distinct[:: math.ceil(len(distinct) / max_candidates)]
+    return max(M.rouge([c] * len(refs), refs)["rougeL"] for c in candidates)
 
 
 def best_position(items: Sequence[Example]) -> int:

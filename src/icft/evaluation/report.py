@@ -45,8 +45,8 @@ RUN_METRICS = [
     ("wall_s", "train wall time (s)", False),
 ]
 # A constant answer has recall 1 on its own label: "beating" it there means nothing, so recalls are shown
-# but left out of the floor check.
-FLOOR_METRICS = ("accuracy", "macro_f1", "preference_accuracy")
+# but left out of the floor check. ROUGE-L is in it: one constant answer can score high on templated text.
+FLOOR_METRICS = ("accuracy", "macro_f1", "preference_accuracy", "rougeL")
 Matrix = list[list[float | None]]  # stage_eval.json's accuracy_matrix: [after stage i][on stage j]
 
 
@@ -154,7 +154,7 @@ def in_plain_words(results: dict) -> list[str]:
                          f"{', '.join(worse) or 'nothing'} (95% intervals excluding 0); no difference elsewhere.")
     below = [method for method, misses in floor_misses(results).items() if misses]
     if below:
-        lines.append(f"- Not above the best trivial baseline on at least one accuracy: {', '.join(below)} "
+        lines.append(f"- Not above the best trivial baseline on at least one metric: {', '.join(below)} "
                      "(see the list above); such a figure is no evidence of learning.")  # fmt: skip
     return lines
 
@@ -188,7 +188,8 @@ def report_markdown(results: dict, config: RunConfig, matrices: dict[str, list[M
         results_table(results),
         "",
         "## Methods against the trivial baselines",
-        "Accuracy, macro-F1 and preference accuracy of each method's mean against the best trivial baseline.",
+        "Accuracy, macro-F1, preference accuracy and ROUGE-L of each method's mean against the best trivial "
+        "baseline (for ROUGE-L: one constant answer).",
         "",
         *below_baselines(results),
         "",
