@@ -6,8 +6,8 @@ Prints one row per file (and, with --by-type, per item type: mc, yes/no/maybe, p
 level and each cheat's accuracy (see icft.evaluation.baselines). Regenerate the data first if it changed.
 
 The generator picks the retention probes' wrong options against the bag-of-words cheat itself (see
-icft.bundled.writer.LookAlikePicker), so that cheat is near chance there by construction. --other-models asks
-whether the cue is gone or only hidden from that one model: option-word models the generator never saw
+LookAlikePicker in tools/bundled/writer.py), so that cheat is near chance there by construction. --other-models
+asks whether the cue is gone or only hidden from that one model: option-word models the generator never saw
 (other regularisation, word pairs, naive Bayes, and the right-answer share of each exact option text in train).
 """
 

@@ -29,7 +29,7 @@ from icft.data.formatting import prompt_and_target  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
 from icft.data.tokenize import encode_pair  # noqa: E402
 from icft.likelihood import score_pairs  # noqa: E402
-from icft.models import EMBEDDED_DEFAULT, load_model  # noqa: E402
+from icft.models import MINILM_DECODER, load_model  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
 from icft.runs import load_run  # noqa: E402
 
@@ -45,7 +45,7 @@ def random_llama(folder: Path) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    _, tokenizer = load_model(EMBEDDED_DEFAULT)
+    _, tokenizer = load_model(MINILM_DECODER)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
                          num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=512,
@@ -69,9 +69,9 @@ def main() -> int:
     test = [ex for ex in load_data(["bundled:test"]) if ex.kind != "preference"][: args.max_eval]
     work = Path(tempfile.mkdtemp(prefix="icft-embedded-"))
     candidates = {
-        "minilm-decoder (warm start), full FT": (EMBEDDED_DEFAULT, "full"),
+        "minilm-decoder (warm start), full FT": (MINILM_DECODER, "full"),
         "random-init Llama, same size, full FT": (random_llama(work / "random-llama"), "full"),
-        "minilm-decoder (warm start), LoRA r=8": (EMBEDDED_DEFAULT, "lora"),
+        "minilm-decoder (warm start), LoRA r=8": (MINILM_DECODER, "lora"),
     }
     rows = []
     for label, (name, method) in candidates.items():

@@ -35,9 +35,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from icft.config import load_config  # noqa: E402
+from icft.data.formatting import resolve_template  # noqa: E402
 from icft.data.loaders import load_examples  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
-from icft.evaluation.baselines import model_label_recalls, trivial_baselines  # noqa: E402
+from icft.evaluation.baselines import trivial_baselines  # noqa: E402
 from icft.evaluation.evaluate import evaluate_examples  # noqa: E402
 from icft.evaluation.report import mean_std  # noqa: E402
 from icft.evaluation.statistics import paired_runs  # noqa: E402
@@ -119,9 +120,10 @@ def run_one(base, method: str, seed: int, split: dict, work: Path, max_length: i
         row["stage_eval"] = {k: stage_eval[k] for k in ("stages", "metric", "accuracy_matrix", "nll_matrix")}
         row.update({k: stage_eval[k] for k in ("forgetting", "forgetting_nll")})
     row["train_s"] = time.perf_counter() - start
+    template = resolve_template(tokenizer, config.data.template)  # the format it was trained in
     for name, examples in split["test"].items():
-        result = evaluate_examples(model, tokenizer, examples, max_length=max_length, progress=False)
-        m = {**result.metrics, **model_label_recalls(examples, result.errors)}
+        m = evaluate_examples(model, tokenizer, examples, max_length=max_length, progress=False,
+                              template=template).metrics  # fmt: skip
         row.update({f"{name}/{key}": m[key] for key in METRICS if key in m})
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "row.json", row)

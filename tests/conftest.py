@@ -83,3 +83,24 @@ def staged_data(tmp_path_factory) -> tuple[Path, Path]:
     train.write_text("".join(json.dumps(r) + "\n" for r in records))
     val.write_text("".join(json.dumps({**r, "id": r["id"] + "-val"}) + "\n" for r in records[::2]))
     return train, val
+
+
+# A chat template with its own turn markers and BOS, on the embedded tokenizer (test_templates, test_kinds).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(tmp_path_factory, bert_tokenizer):
+    """The embedded tokenizer with turn markers, a BOS and a chat template, saved and loaded like a hub one."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bert_tokenizer.name_or_path)
+    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>", "<|end|>"]})
+    tok.bos_token, tok.eos_token = "[CLS]", "[SEP]"
+    tok.chat_template = CHAT_TEMPLATE
+    path = tmp_path_factory.mktemp("chat-tokenizer")
+    tok.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)

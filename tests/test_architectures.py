@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from icft.models import EMBEDDED_DEFAULT, extra_trainable_modules, load_model, resolve_target_modules
+from icft.models import MINILM_DECODER, extra_trainable_modules, load_model, resolve_target_modules
 
 # name -> (config class, extra config fields, LoRA layers per block with attention, with all-linear)
 TINY = {
@@ -51,7 +51,7 @@ def model_dirs(tmp_path_factory, bert_tokenizer) -> dict[str, str]:
     """Each architecture saved like a hub model (2 blocks, width 32) with a tokenizer."""
     import transformers
 
-    dirs = {EMBEDDED_DEFAULT: EMBEDDED_DEFAULT}
+    dirs = {MINILM_DECODER: MINILM_DECODER}
     for name, (config_cls, extra, _, _) in TINY.items():
         tokenizer = chatml_tokenizer() if name == "qwen2" else bert_tokenizer
         common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
@@ -70,7 +70,7 @@ def model_dirs(tmp_path_factory, bert_tokenizer) -> dict[str, str]:
 
 
 def per_block(name: str) -> tuple[int, int]:
-    return BERT_PER_BLOCK if name == EMBEDDED_DEFAULT else TINY[name][2:]
+    return BERT_PER_BLOCK if name == MINILM_DECODER else TINY[name][2:]
 
 
 def lora_model(path: str, targets: str = "attention"):
@@ -91,7 +91,7 @@ def adapted_modules(model) -> set[str]:
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_lora_targets_are_found(name, model_dirs):
-    blocks = 6 if name == EMBEDDED_DEFAULT else 2
+    blocks = 6 if name == MINILM_DECODER else 2
     for targets, expected in zip(("attention", "all-linear"), per_block(name)):
         model, _ = lora_model(model_dirs[name], targets)
         adapted = adapted_modules(model)

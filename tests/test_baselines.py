@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from itertools import permutations
 
 import pytest
 
@@ -69,9 +70,17 @@ def test_yes_no_maybe_baselines():
 
 
 def test_preference_baselines_are_one_half_and_mixed_items_pool():
-    items = [pref(0), pref(1), yn(0, "no"), mc(0, list("abcd"), 3)]
+    items = [pref(0), pref(1, chosen="a much longer and better answer", rejected="no"), yn(0, "no"),
+             mc(0, list("abcd"), 3)]  # fmt: skip
     out = trivial_baselines(items)
-    assert {out[b]["preference_accuracy"] for b in out} == {0.5}
+    # A scorer sees a pair's two answers in no stored order, whatever their texts: a fixed position is right
+    # in the orders that put "chosen" there, a uniform guess on average over both positions.
+    orders = list(permutations(["chosen", "rejected"]))
+    fixed = sum(order[0] == "chosen" for order in orders) / len(orders)
+    guess = sum(order[k] == "chosen" for order in orders for k in (0, 1)) / (2 * len(orders))
+    assert out["random"]["preference_accuracy"] == pytest.approx(guess)
+    for constant in ("majority", "position-prior"):
+        assert out[constant]["preference_accuracy"] == pytest.approx(fixed)
     assert out["random"]["accuracy"] == pytest.approx((1 / 3 + 1 / 4) / 2)
     # majority: yes/no/maybe items answer their majority label ("no"), others the best position (3)
     assert out["majority"]["accuracy"] == pytest.approx(1.0)

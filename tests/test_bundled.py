@@ -1,14 +1,33 @@
-"""The bundled synthetic curriculum: knowledge tables, generator and the committed JSONL files."""
+"""The bundled synthetic curriculum: the knowledge tables and generator (tools/bundled/) and the committed
+JSONL files (icft.bundled)."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from icft.bundled import ALIASES, DATA_DIR, SPLITS, bundled_path, load_bundled
-from icft.bundled.generate import LIST_FIELDS, STAGES, generate, load_general, load_knowledge, main
 from icft.data.schema import YES_NO_MAYBE
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the generator is not installed: it runs from the checkout's tools/
+    sys.path.insert(0, str(ROOT))
+
+from tools.bundled.generate import (  # noqa: E402
+    LIST_FIELDS,
+    STAGES,
+    generate,
+    load_general,
+    load_knowledge,
+    main,
+    name_pattern,
+    summary,
+    without_names,
+)
+from tools.bundled.writer import LookAlikePicker, known  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +56,7 @@ def test_committed_files_equal_a_fresh_generation(tmp_path, capsys):
     for split in SPLITS:
         assert bundled_path(split) == DATA_DIR / f"{split}.jsonl"
         assert (tmp_path / f"{split}.jsonl").read_bytes() == bundled_path(split).read_bytes(), (
-            f"{split}.jsonl is stale: run python -m icft.bundled.generate"
+            f"{split}.jsonl is stale: run python -m tools.bundled.generate"
         )
 
 
@@ -103,10 +122,36 @@ def test_train_covers_all_kinds_tiers_and_stages(committed):
     assert any(ex.options and len(ex.options) == 4 for ex in qa)
 
 
-def test_size(committed):
-    total = sum(len(examples) for examples in committed.values())
-    assert total >= 3000
+def test_readme_counts_are_the_generators(committed):
+    # The counts table in src/icft/bundled/README.md is what `summary` prints for the committed files, column
+    # for column (the README leaves out the tier columns: tiers are stages there).
+    readme = (DATA_DIR.parent / "README.md").read_text().split("## Counts", 1)[1]
+    written = _markdown_table(readme)
+    printed = _markdown_table(summary(committed))
+    assert written and set(written) == set(printed) == {*SPLITS, "total"}
+    for split, row in written.items():
+        assert row == {column: printed[split][column] for column in row}, split
     assert all(committed[split] for split in SPLITS)
+
+
+def _markdown_table(text: str) -> dict[str, dict[str, str]]:
+    """{first cell: {column: cell}} of the first markdown table in `text`."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("|") and not line.startswith("|---")]  # fmt: skip
+    header = rows[0] if rows else []
+    return {row[0]: dict(zip(header[1:], row[1:])) for row in rows[1:]}
+
+
+def test_a_training_value_naming_a_held_out_condition_is_left_unsaid():
+    heart_failure = next(c for c in load_knowledge() if c["name"] == "Heart failure")
+    assert "atrial fibrillation" in heart_failure["causes"]
+    row = without_names(heart_failure, name_pattern(["Atrial fibrillation", "DNA"]))
+    assert "atrial fibrillation" not in row["causes"] and row["unsaid"] == {"causes": ["atrial fibrillation"]}
+    assert known(row, "causes") == row["causes"] + ["atrial fibrillation"]
+    assert row["tests"] == heart_failure["tests"]  # fields that name nothing held out are kept whole
+    # whole words only: "DNA" does not match inside another word
+    assert name_pattern(["DNA"]).search("anti-double-stranded DNA antibodies")
+    assert not name_pattern(["DNA"]).search("dnase")
 
 
 def test_multiple_choice_options(committed):
@@ -179,8 +224,6 @@ def test_load_bundled_names_the_bad_line(tmp_path, monkeypatch):
 
 def test_look_alike_picker_puts_the_answer_on_top_at_chance_and_takes_the_nearest():
     # A planted cue: an option's score is its length. Wrong options are candidates 1..20 characters long.
-    from icft.bundled.writer import LookAlikePicker
-
     picker = LookAlikePicker(lambda kind, options: [float(len(o)) for o in options])
     candidates = ["x" * n for n in range(1, 21)]
     on_top = 0

@@ -22,8 +22,6 @@ from icft.evaluation.report import (
 from icft.recipes import compare as C
 from icft.recipes.compare import METHOD_OVERRIDES, method_config
 
-NEW_KEYS = hasattr(RunConfig().loss, "ewc") and hasattr(RunConfig().memory, "teacher")
-
 
 def test_methods_are_config_diffs_of_one_recipe():
     base = load_config(None, ["train.lr=0.003"])
@@ -46,7 +44,6 @@ def _diff(a: RunConfig, b: RunConfig) -> dict[str, tuple]:
     return {k: (fa[k], fb[k]) for k in fa if k != "name" and fa[k] != fb[k]}
 
 
-@pytest.mark.skipif(not NEW_KEYS, reason="needs config keys loss.ewc and memory.teacher (being added in config.py)")
 def test_new_methods_and_ablations_change_only_their_keys():
     base = load_config()
     icft = method_config(base, "icft", 0)
@@ -126,41 +123,36 @@ def test_a_changed_config_is_refused_but_more_seeds_or_rates_to_choose_from_are_
     C.check_same_config(config, tmp_path)
 
 
-def test_model_label_recalls_read_the_misses():
-    from icft.data.schema import YES_NO_MAYBE, Example
-    from icft.evaluation.baselines import model_label_recalls
-
-    golds = ["yes", "yes", "no", "maybe", "no"]
-    items = [Example(id=f"q{i}", kind="qa", source="t", question="?", options=list(YES_NO_MAYBE),
-                     answer=YES_NO_MAYBE.index(g)) for i, g in enumerate(golds)]  # fmt: skip
-    items.append(Example(id="mc", kind="qa", source="t", question="?", options=["a", "b"], answer=0))  # not y/n/m
-    errors = [{"id": "q1", "predicted": "no"}, {"id": "q3", "predicted": "yes"}, {"id": "mc", "predicted": "b"}]
-    assert model_label_recalls(items, errors) == {"recall_yes": 0.5, "recall_no": 1.0, "recall_maybe": 0.0}
-
-
 def test_per_item_rouge_averages_to_the_reported_rouge():
-    from icft.evaluation.metrics import rouge
+    from icft.evaluation.metrics import rouge, rouge_l_scores
 
     hyps, refs = ["the heart pumps blood", "", "take aspirin daily"], ["the heart pumps", "rest", "aspirin daily"]
-    items = C.rouge_l_items(hyps, refs)
+    items = rouge_l_scores(hyps, refs)
     assert items[1] == 0 and items[0] > 0.8
     assert sum(items) / 3 == pytest.approx(rouge(hyps, refs)["rougeL"])
 
 
-def test_evaluate_file_keeps_every_item(tiny_llama_dir, staged_data):
+def test_file_summary_keeps_every_item(tiny_llama_dir, staged_data):
     from icft.data.loaders import load_examples
+    from icft.evaluation.evaluate import evaluate_examples
     from icft.runs import load_base
 
     model, tokenizer = load_base(str(tiny_llama_dir))
     examples = load_examples(staged_data[0]).examples
-    metrics, items = C.evaluate_file(model, tokenizer, examples, None, max_length=48)
+    result = evaluate_examples(model, tokenizer, examples, max_length=48, max_new_tokens=8, progress=False)
+    metrics, items = C.file_summary(result)
     by_kind = {kind: {ex.id for ex in examples if ex.kind == kind} for kind in ("qa", "preference", "dialogue")}
-    assert set(items) == {"accuracy", "preference_accuracy", "rougeL"}
+    assert set(items) == {"accuracy", "preference_accuracy", "rougeL", "answer_nll"}
     assert set(items["accuracy"]) == by_kind["qa"] and set(items["rougeL"]) == by_kind["dialogue"]
     assert set(items["preference_accuracy"]) == by_kind["preference"]
+    assert set(items["answer_nll"]) == {ex.id for ex in examples}
     for metric, values in items.items():
         assert metrics[metric] == pytest.approx(sum(values.values()) / len(values))
     assert all(v in (0, 1) for v in items["accuracy"].values())
+    # the misses are exactly the errors evaluate_examples lists
+    assert {i for m in ("accuracy", "preference_accuracy") for i, hit in items[m].items() if not hit} == {
+        e["id"] for e in result.errors
+    }
 
 
 RESULTS = {
@@ -263,7 +255,7 @@ def test_compare_runs_every_method_writes_report_and_resumes(tiny_llama_dir, sta
         assert set(saved["per_seed"][method]) == {"0", "1"}
         items = json.loads((out / method / "seed1" / "items.json").read_text())
         assert set(items) == {"train", "validation"} and set(items["train"]) == {"accuracy", "preference_accuracy",
-                                                                                 "rougeL"}  # fmt: skip
+                                                                                 "rougeL", "answer_nll"}  # fmt: skip
         assert len(items["train"]["accuracy"]) == 3  # max_test_examples of multiple choice
     assert saved["methods"]["base"]["train/accuracy"]["n"] == 1 and set(saved["per_seed"]["base"]) == {"0"}
     diffs = saved["statistics"]["differences"]

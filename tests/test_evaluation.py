@@ -103,9 +103,9 @@ def tiny_llama(tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from icft.models import load_model
+    from icft.models import MINILM_DECODER, load_model
 
-    return load_model()
+    return load_model(MINILM_DECODER)
 
 
 class OracleLM(torch.nn.Module):
@@ -319,11 +319,11 @@ def test_metric_keys_per_kind(tiny_llama):
     open_qa = Example.from_dict({"id": "o", "kind": "qa", "source": "medquad", "question": "What is gout?",
                                  "answer": "A form of arthritis."})  # fmt: skip
     generated = {"bleu", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "mean_length"}
-    expected = {
-        "text": {"perplexity"},
-        "mc": {"accuracy", "accuracy_norm", "accuracy_by"},
-        "preference": {"preference_accuracy", "accuracy_by"},
-        "dialogue": generated | {"embedding_similarity"},
+    expected = {  # every item also gets the NLL of its reference answer
+        "text": {"perplexity", "answer_nll"},
+        "mc": {"accuracy", "accuracy_norm", "accuracy_by", "answer_nll"},
+        "preference": {"preference_accuracy", "accuracy_by", "answer_nll"},
+        "dialogue": generated | {"embedding_similarity", "answer_nll"},
     }
     run = dict(embedder=ConstantEmbedder(), max_new_tokens=4, progress=False)
     for kind, exs in by_kind.items():
@@ -333,7 +333,7 @@ def test_metric_keys_per_kind(tiny_llama):
     # a yes/no/maybe item adds macro-F1 and the recall of each gold label present (here only "yes")
     assert set(evaluate_examples(model, tokenizer, [ynm], **run).metrics) == expected["mc"] | {"macro_f1", "recall_yes"}
     result = evaluate_examples(model, tokenizer, [open_qa], max_new_tokens=4, progress=False)
-    assert set(result.metrics) == generated  # no embedder, no embedding similarity
+    assert set(result.metrics) == generated | {"answer_nll"}  # no embedder, no embedding similarity
     everything = evaluate_examples(model, tokenizer, examples, **run)
     assert set(everything.metrics) == set().union(*expected.values())
     assert {"stage=general", "kind=qa", "kind=preference"} <= set(everything.accuracy_by)
@@ -356,7 +356,30 @@ def test_evaluate_files_reads_each_file(tiny_llama, tmp_path):
     results = evaluate_files(model, tokenizer, [first, second], max_examples=2, progress=False)
     assert list(results) == ["same.jsonl", "other.jsonl"]
     assert results["same.jsonl"].n_examples == 2 and set(results["other.jsonl"].metrics) == {
-        "preference_accuracy", "accuracy_by"}  # fmt: skip
+        "preference_accuracy", "accuracy_by", "answer_nll"}  # fmt: skip
+
+
+def test_items_are_the_per_example_results_the_metrics_average(tiny_llama):
+    """One record per example, in order: what icft compare pairs methods on and icft eval aggregates."""
+    from conftest import staged_records
+
+    from icft.data.formatting import prompt_and_target
+    from icft.likelihood import answer_nll
+
+    model, tokenizer = tiny_llama
+    examples = [Example.from_dict(r) for r in staged_records(4)]  # every kind
+    result = evaluate_examples(model, tokenizer, examples, max_new_tokens=4, progress=False)
+    assert [r["id"] for r in result.items] == [ex.id for ex in examples]
+    nll = answer_nll(model, tokenizer, [prompt_and_target(ex) for ex in examples], max_length=512)
+    assert [r["answer_nll"] for r in result.items] == pytest.approx(nll)
+    assert result.metrics["answer_nll"] == pytest.approx(sum(nll) / len(nll))
+    hits = [r["hit"] for r in result.items if r["kind"] == "preference"]
+    assert result.metrics["preference_accuracy"] == pytest.approx(sum(hits) / len(hits))
+    missed = {r["id"] for r in result.items if r.get("hit") == 0}
+    assert missed == {e["id"] for e in result.errors}
+    open_items = [r for r in result.items if "rougeL" in r]
+    assert {r["kind"] for r in open_items} == {"dialogue"} and all(isinstance(r["answer"], str) for r in open_items)
+    assert result.metrics["rougeL"] == pytest.approx(sum(r["rougeL"] for r in open_items) / len(open_items))
 
 
 def test_embedding_similarity_with_the_real_sentence_model():
@@ -434,6 +457,12 @@ def test_eval_command_on_a_run_writes_json_and_errors(tiny_llama_dir, tmp_path, 
     assert scores["mc.jsonl"]["n_examples"] == 11
     assert {"rougeL", "embedding_similarity"} <= set(scores["mc.jsonl"])  # generated through the adapter
     assert 0.0 <= scores["mc.jsonl"]["accuracy"] <= 1.0 and "tier=1" in scores["mc.jsonl"]["accuracy_by"]
+    # the floors the printed table shows, on the same items: a uniform guess between two options is 0.5
+    floors = scores["mc.jsonl"]["baselines"]
+    assert set(floors) == {"random", "majority", "position-prior"}
+    assert floors["random"]["preference_accuracy"] == pytest.approx(0.5)
+    for name, values in floors.items():
+        assert f"mc.jsonl [{name}]" in printed and 0.0 <= values["accuracy"] <= 1.0
     errors = [json.loads(x) for x in (out.parent / "scores.errors.jsonl").read_text().splitlines()]
     n_wrong = round(10 - 8 * scores["mc.jsonl"]["accuracy"] - 2 * scores["mc.jsonl"]["preference_accuracy"])
     assert len(errors) == n_wrong and all(e["file"] == "mc.jsonl" for e in errors)

@@ -12,7 +12,7 @@ from _inference_run import trained_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from icft.cli import main
-from icft.runs import load_run
+from icft.runs import load_run, stamp
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,7 @@ def minilm_run(tmp_path_factory, run):
     config["model"]["name"] = "minilm-decoder"
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     shutil.copytree(run / "memory", folder / "memory")
+    stamp(folder / "memory", folder)  # this folder's own run now: its parts carry its config's hash
     for name in ("stage_eval.json", "summary.json"):
         shutil.copy(run / name, folder / name)
     (folder / "eval.json").write_text(json.dumps({"test.jsonl": {"accuracy": 0.5, "n_examples": 8}}))

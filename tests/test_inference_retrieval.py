@@ -11,7 +11,8 @@ from _inference_run import knowledge_file, trained_run
 from icft.data.formatting import prompt_and_target, qa_prompt
 from icft.data.schema import DataError, Example
 from icft.data.tokenize import encode_pair
-from icft.inference.retrieval import (
+from icft.memory import Embedder, LongTermMemory
+from icft.memory.retrieval import (
     Retriever,
     add_retrieved_context,
     fact_text,
@@ -19,7 +20,6 @@ from icft.inference.retrieval import (
     training_contexts,
     with_context,
 )
-from icft.memory import Embedder, LongTermMemory
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,9 @@ def server(tmp_path_factory, tiny_llama_dir, staged_data):
     cmd = [sys.executable, "-m", "icft", "serve", "--run", str(run), "--retrieve", "2", "--port", str(port),
            "--model-name", "tiny", "--queue-size", "2"]  # fmt: skip
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        # one torch thread: the tiny model gains nothing from two, which slow each other down on a busy machine
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -80,7 +82,7 @@ def test_models_and_chat_with_retrieval(client, server):
     assert choice.finish_reason in ("stop", "length") and 0 <= reply.usage.completion_tokens <= 6
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
     hits = choice.model_extra["retrieved"]
-    assert len(hits) == 2 and all({"id", "score", "source"} <= set(h) for h in hits)
+    assert len(hits) == 2 and all({"id", "score", "source", "text"} <= set(h) and h["text"] for h in hits)
     assert hits[0]["score"] >= hits[1]["score"]
     assert http(f"{server}/health")[1]["status"] == "ok"
 
@@ -158,6 +160,7 @@ def test_concurrent_requests_are_queued_and_overflow_gets_503(client, server):
         t.join()
     busy = [r for r in results if isinstance(r, openai.APIStatusError)]
     assert busy and all(r.status_code == 503 and r.body["code"] == "server_busy" for r in busy)
+    assert all(r.response.headers["retry-after"] == "1" for r in busy)  # when to come back
     assert len(results) - len(busy) >= 1
     assert http(f"{server}/health")[1]["queued"] == 0
     assert ask(client, max_tokens=2).choices

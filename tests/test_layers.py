@@ -1,5 +1,9 @@
-"""Imports point down only: the data layer knows nothing of training, the curriculum nothing of evaluation,
-components nothing of recipes. Checked on the source, so a new import that breaks the layering fails here."""
+"""Imports point down only. Every module and package of icft sits in one layer, and imports only from layers
+below its own: the data layer knows nothing of models or training, the memory nothing of evaluation, and
+evaluation and serving (inference), which sit side by side, share code only through the layers below them
+(retrieval lives with the memory, `context_limit` with the models, `is_open_ended` with the data format).
+Checked on the source, so a new import that breaks the layering, or a new module without a layer, fails here.
+"""
 
 from __future__ import annotations
 
@@ -10,44 +14,92 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "icft"
 
-# package or module -> icft modules it must never import (directly, at any indentation)
-FORBIDDEN = {
-    "data": ("curriculum", "memory", "evaluation", "recipes", "likelihood", "models", "losses", "inference"),
-    "curriculum.py": ("evaluation", "recipes", "inference", "memory"),
-    "memory": ("evaluation", "recipes", "inference", "curriculum"),
-    "losses.py": ("evaluation", "recipes", "inference"),
-    "likelihood.py": ("evaluation", "recipes", "inference", "curriculum"),
-    "evaluation": ("recipes",),
-    "errors.py": ("models", "recipes", "evaluation", "curriculum", "memory"),
-}
+# Lowest first. A module may import a module of a lower layer, never one of its own layer or a higher one.
+LAYERS = (
+    ("__init__",),
+    ("data", "bundled"),  # examples, their formats and sources; the packaged dataset (see SAME_LAYER)
+    ("errors",),  # the errors a user sees in one line: light, only the data schema's error below them
+    ("io", "models", "losses", "likelihood"),
+    ("config", "progress", "regularizers"),  # regularizers: the anchors training adds, built on the losses
+    ("runs",),  # a run folder: its config, adapter and base model
+    ("checkpoint", "memory", "curriculum"),  # memory also holds retrieval (memory/retrieval.py)
+    ("evaluation", "inference"),  # scoring a model and serving it: side by side
+    ("recipes", "data_commands", "init_config"),  # training and comparing; the data and init commands
+    ("cli",),
+    ("__main__",),
+)
+# Same-layer imports that are allowed: `data.sources` resolves `bundled:NAME`, and the bundled files load
+# through the data schema.
+SAME_LAYER = {("data", "bundled"), ("bundled", "data")}
+# Lower-layer imports that are not: training never depends on the serving stack (fastapi, the engine).
+APART = {("recipes", "inference")}
+LAYER_OF = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 
 
-def _icft_imports(path: Path) -> set[str]:
-    """First component below `icft` of every icft module imported by `path`."""
-    package = path.relative_to(SRC).parts[:-1]
+def _unit(path: Path, src: Path) -> str:
+    """The package or top-level module a file belongs to: "memory" for memory/retrieval.py, "cli" for cli.py."""
+    return path.relative_to(src).parts[0].removesuffix(".py")
+
+
+def _icft_imports(path: Path, src: Path) -> set[str]:
+    """The package or top-level module below `icft` of every icft name that `path` imports (at any depth in
+    the file, relative or absolute)."""
+    here = ["icft", *path.relative_to(src).parts[:-1]]  # the package the file is in
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = list(package[: len(package) - node.level + 1])
-                parts = base + (node.module.split(".") if node.module else [])
-                names = [parts[0]] if parts else [alias.name for alias in node.names]
-            elif node.module and node.module.startswith("icft."):
-                names = [node.module.split(".")[1]]
-            else:
-                continue
-            found.update(names)
+            base = here[: len(here) - node.level + 1] if node.level else []
+            module = base + (node.module.split(".") if node.module else [])
+            targets = [module + [alias.name] for alias in node.names]
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("icft."))
+            targets = [alias.name.split(".") for alias in node.names]
+        else:
+            continue
+        found |= {t[1] for t in targets if t[0] == "icft" and len(t) > 1}
     return found
 
 
-@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
-def test_imports_point_down(layer):
-    target = SRC / layer
-    files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
-    assert files
-    for path in files:
-        bad = {name.removesuffix(".py") for name in _icft_imports(path)} & {f.removesuffix(".py")
-                                                                             for f in FORBIDDEN[layer]}  # fmt: skip
-        assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}"
+def violations(src: Path, unit: str | None = None) -> list[str]:
+    """Every import under `src` (or in one unit of it) that does not point down, as "file imports name"."""
+    out = []
+    for path in sorted(src.rglob("*.py")):
+        mine = _unit(path, src)
+        if unit is not None and mine != unit:
+            continue
+        for name in sorted(_icft_imports(path, src) - {mine}):
+            allowed = (LAYER_OF[name] < LAYER_OF[mine] and (mine, name) not in APART) or (mine, name) in SAME_LAYER
+            if not allowed:
+                out.append(f"{path.relative_to(src)} imports {name}")
+    return out
+
+
+def test_every_module_and_package_has_a_layer():
+    units = {_unit(path, SRC) for path in SRC.rglob("*.py")}
+    assert units == set(LAYER_OF), (f"without a layer: {sorted(units - set(LAYER_OF))}",
+                                    f"no longer there: {sorted(set(LAYER_OF) - units)}")  # fmt: skip
+    assert sum(len(units) for units in LAYERS) == len(LAYER_OF)  # each in one layer only
+
+
+@pytest.mark.parametrize("unit", sorted(LAYER_OF))
+def test_imports_point_down(unit):
+    assert not violations(SRC, unit)
+
+
+def test_the_check_finds_upward_and_sideways_imports(tmp_path):
+    # a tree with the imports this file exists to stop, each written the ways Python allows
+    files = {
+        "recipes/train.py": "from ..inference.retrieval import training_contexts\n",  # apart
+        "evaluation/commands.py": "def f():\n    from ..inference.commands import retrieve_for_eval\n",  # sideways
+        "inference/generate.py": "from ..evaluation.generation import context_limit\n",  # sideways
+        "bundled/writer.py": "from icft.evaluation.baselines import shared_words\n",  # up
+        "memory/x.py": "from .. import curriculum\nimport icft.recipes.train\n",  # same layer, up
+        "data/ok.py": "from ..bundled import load_bundled\nfrom .schema import Example\n",  # allowed
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert violations(tmp_path) == [
+        "bundled/writer.py imports evaluation", "evaluation/commands.py imports inference",
+        "inference/generate.py imports evaluation", "memory/x.py imports curriculum", "memory/x.py imports recipes",
+        "recipes/train.py imports inference",
+    ]  # fmt: skip

@@ -89,7 +89,8 @@ def test_gradients_reach_only_trainable_parameters(tiny_llama_dir):
                       teacher_logprobs=torch.full((seq.n_target, k), -math.log(k)))  # fmt: skip
     out = compute_losses(model, batcher, new, replay, [item], config, "cpu")
     parts = out.parts
-    assert all(v.item() > 0 for v in parts.values()) and len(out.new_hardness) == 2
+    assert all(parts[k].item() > 0 for k in ("task", "finetune", "consistency")) and len(out.new_hardness) == 2
+    assert parts["kl_base"].item() == 0  # no KL-to-base anchor configured
     # A preference pair's hardness is its chosen answer's per-token NLL, on the scale of the other kinds.
     assert out.new_hardness[1] > 3 and len(out.replay_hardness) == 1
     assert prompt_and_target(ltm_ex)[1] == " yes it is"

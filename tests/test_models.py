@@ -1,11 +1,13 @@
-"""Loading any causal LM from a local folder, the embedded default, and LoRA targets per architecture."""
+"""Loading any causal LM from a local folder, the embedded models, and LoRA targets per architecture.
+
+SmolLM2 (the default, converted from its GGUF) has its own module: tests/test_smollm2.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from icft.models import EMBEDDED_DEFAULT, count_parameters, extra_trainable_modules, load_model, lora_target_modules
+from icft.models import MINILM_DECODER, count_parameters, extra_trainable_modules, load_model, lora_target_modules
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_gpt2_dir"])
@@ -30,9 +32,9 @@ def test_lora_targets_per_architecture(tiny_llama_dir, tiny_gpt2_dir):
         assert 0 < trainable < total
 
 
-def test_embedded_default_is_a_deterministic_warm_started_decoder():
-    model, tokenizer = load_model(EMBEDDED_DEFAULT)
-    again, _ = load_model(EMBEDDED_DEFAULT)
+def test_minilm_decoder_is_a_deterministic_warm_started_decoder():
+    model, tokenizer = load_model(MINILM_DECODER)
+    again, _ = load_model(MINILM_DECODER)
     assert model.config.is_decoder and model.config.model_type == "bert"
     # LM head tied to the pretrained word embeddings
     assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
@@ -74,13 +76,13 @@ def test_resolve_target_modules(tiny_llama_dir):
         resolve_target_modules(model, "everything")
 
 
-def test_all_linear_on_the_embedded_default_spares_the_trained_head():
+def test_all_linear_on_minilm_decoder_spares_the_trained_head():
     # BERT's "dense" names both MLP layers and the LM head's transform, which is trained in full instead.
     from peft import LoraConfig, get_peft_model
 
     from icft.models import resolve_target_modules
 
-    model, _ = load_model(EMBEDDED_DEFAULT)
+    model, _ = load_model(MINILM_DECODER)
     targets = resolve_target_modules(model, "all-linear")
     assert isinstance(targets, str)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets, modules_to_save=["transform"],
@@ -130,4 +132,4 @@ def test_qlora_without_bitsandbytes_or_gpu_names_the_key(monkeypatch):
     with pytest.raises(ValueError, match="peft.quantization=4bit needs a CUDA GPU"):
         quantization_config("4bit")
     with pytest.raises(ValueError, match="peft.quantization"):
-        load_model(EMBEDDED_DEFAULT, quantization="4bit")
+        load_model(MINILM_DECODER, quantization="4bit")

@@ -9,11 +9,6 @@ from icft.data.formatting import candidates, chat_messages, end_of_turn, prompt_
 from icft.data.schema import Example
 from icft.data.tokenize import IGNORE_INDEX, encode_pair
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
 QA = Example(id="q", kind="qa", source="t", context="Fever and rash.", question="Which is likely?",
              options=["measles", "gout"], answer=0)  # fmt: skip
 OPEN_QA = Example(id="o", kind="qa", source="t", question="What lowers fever?", answer="Paracetamol.")
@@ -23,20 +18,6 @@ DIALOGUE = Example(id="d", kind="dialogue", source="t", turns=[
     {"role": "user", "content": "I cough."}, {"role": "assistant", "content": "Since when?"},
     {"role": "user", "content": "Two weeks."}, {"role": "assistant", "content": "See a doctor soon."}])  # fmt: skip
 TEXT = Example(id="t", kind="text", source="t", text="The heart pumps blood.")
-
-
-@pytest.fixture(scope="module")
-def chat_tokenizer(tmp_path_factory, bert_tokenizer):
-    """The embedded tokenizer with turn markers, a BOS and a chat template, saved and loaded like a hub one."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(bert_tokenizer.name_or_path)
-    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>", "<|end|>"]})
-    tok.bos_token, tok.eos_token = "[CLS]", "[SEP]"
-    tok.chat_template = CHAT_TEMPLATE
-    path = tmp_path_factory.mktemp("chat-tokenizer")
-    tok.save_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
 
 
 def ids(tok, text: str) -> list[int]:
@@ -201,3 +182,35 @@ def test_chat_generation_adds_no_bos_and_stops_at_end_of_turn(chat_tokenizer, ch
     assert isinstance(answer, str)
     generate_answers(chat_llama, tok, [prompt_and_target(OPEN_QA)[0]], max_new_tokens=1)
     assert seen["input_ids"][0, 0].item() == tok.bos_token_id and seen["eos_token_id"] == [tok.eos_token_id]
+
+
+def test_compare_tests_a_chat_model_in_its_chat_format(chat_tokenizer, chat_llama, tmp_path):
+    """`icft compare` scores a model in the format it was trained in, through the one evaluation path: its
+    per-item results are those of `evaluate_examples` with the chat template, not the plain one (it once
+    scored every model on plain prompts with half the answer budget)."""
+    import json
+
+    from icft.config import load_config
+    from icft.evaluation.evaluate import evaluate_examples
+    from icft.io import write_jsonl
+    from icft.recipes import compare as C
+
+    model_dir = tmp_path / "chat-model"
+    chat_llama.save_pretrained(model_dir)
+    chat_tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "test.jsonl"
+    write_jsonl(data, [ex.to_dict() for ex in (QA, OPEN_QA, PREF, DIALOGUE)])
+    config = load_config(None, [f"model.name={model_dir}", "model.max_length=128", f"compare.test=[{data}]"])
+    C.run_method(config, "base", 0, tmp_path / "out")
+    items = json.loads((tmp_path / "out" / "base" / "seed0" / "items.json").read_text())["test"]
+
+    def per_item(template: str) -> dict:
+        result = evaluate_examples(chat_llama, chat_tokenizer, [QA, OPEN_QA, PREF, DIALOGUE], max_length=128,
+                                   progress=False, template=template)  # fmt: skip
+        return C.file_summary(result)[1]
+
+    chat, plain = per_item("chat"), per_item("plain")
+    assert items["answer_nll"] == pytest.approx(chat["answer_nll"])
+    assert items["rougeL"] == pytest.approx(chat["rougeL"])
+    assert items["accuracy"] == chat["accuracy"]
+    assert items["answer_nll"] != pytest.approx(plain["answer_nll"])

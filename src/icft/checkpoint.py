@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from .runs import PARTIAL_CHECKPOINT
+
 KEEP = 2  # checkpoints kept; older ones are removed once a newer one is complete
 
 
@@ -78,7 +80,8 @@ def fingerprint(model: torch.nn.Module) -> list[float]:
 def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, optimizer, scheduler,
                     rank_state: dict) -> None:  # fmt: skip
     root = run_dir / "checkpoints"
-    tmp, final = root / f".tmp-step-{step:06d}", root / f"step-{step:06d}"
+    tmp, final = root / f"{PARTIAL_CHECKPOINT}{step:06d}", root / f"step-{step:06d}"  # a kill leaves tmp: the
+    # next start or resume removes it (RunFolder.claim)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -35,11 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--output-dir", help="run folder (default runs/<name>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a run of another config in the output "
+                       "folder (only icft's files are removed)")  # fmt: skip
 
     ev = sub.add_parser("eval", help="evaluate a trained run or a base model on data files")
     who = ev.add_mutually_exclusive_group(required=True)
     who.add_argument("--run", help="run folder written by icft train")
-    who.add_argument("--model", help="untrained base model: hub id, local folder or minilm-decoder")
+    who.add_argument("--model", help="untrained base model: hub id, local folder or smollm2-135m-instruct")
     ev.add_argument("--data", nargs="+", required=True, help="data files to evaluate on")
     ev.add_argument("--json", help="write metrics to this JSON file")
     ev.add_argument("--max-examples", type=int, default=None, help="evaluate at most this many per file")
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="inspect data files and write a config for them")
     init.add_argument("--data", nargs="+", required=True, help="training data files")
-    init.add_argument("--model", default="minilm-decoder", help="hub id, local folder or minilm-decoder")
+    init.add_argument("--model", default="smollm2-135m-instruct",
+                      help="hub id, local folder or smollm2-135m-instruct (the default)")
     init.add_argument("--output", default="icft.yaml", help="config file to write (default icft.yaml)")
 
     compare = sub.add_parser("compare", help="ICFT against baselines, same budget, several seeds")
@@ -112,17 +115,24 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .errors import ConfigError
     from .recipes.train import train
 
+    if args.resume and args.overwrite:
+        raise ConfigError("--overwrite starts a new run in place of an old one; it does not go with --resume")
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there, not a run folder")
         config = load_config(run_dir / "config.yaml", args.set)
+        trained_for = load_config(run_dir / "config.yaml").train.max_steps
+        if config.train.max_steps != trained_for:  # the stage ends and the LR schedule were laid out for it
+            raise ConfigError(f"--set train.max_steps={config.train.max_steps}: {run_dir} was planned for "
+                              f"{trained_for} steps and resumes with them; to train longer, start a new run")
         train(config, run_dir, resume=True)
         return 0
     config = load_config(args.config, args.set)
-    train(config, Path(args.output_dir or config.output_dir or f"runs/{config.name}"))
+    train(config, Path(args.output_dir or config.output_dir or f"runs/{config.name}"), overwrite=args.overwrite)
     return 0
 
 

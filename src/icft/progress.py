@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .io import write_jsonl
 
-LOSS_PARTS = ("total", "task", "consistency", "finetune", "ewc")
+LOSS_PARTS = ("total", "task", "consistency", "finetune", "ewc", "kl_base")
 
 
 class ProgressDisplay:
@@ -56,6 +56,16 @@ class MetricsLog:
     def _reset(self) -> None:
         self.window: dict[str, list[float]] = {k: [] for k in LOSS_PARTS}
         self.tokens, self.started = 0, time.perf_counter()
+
+    def state_dict(self) -> dict:
+        """The window since the last log line, for a checkpoint: a resumed run's next line averages the same
+        steps as an uninterrupted run's."""
+        return {"window": {k: list(v) for k, v in self.window.items()}, "tokens": self.tokens,
+                "elapsed": time.perf_counter() - self.started}  # fmt: skip
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.window = {k: list(saved["window"].get(k, [])) for k in LOSS_PARTS}
+        self.tokens, self.started = saved["tokens"], time.perf_counter() - saved["elapsed"]
 
     def add(self, parts: dict[str, float], tokens: int) -> None:
         for k, v in parts.items():

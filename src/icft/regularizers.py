@@ -9,6 +9,9 @@
   teacher on replayed long-term memory items instead of the outputs stored at consolidation. This is
   the I-LoRA / CLS-ER design (a slow "long-term" copy of the fast weights); ICFT's default, stored
   outputs, costs no second forward pass.
+- `FrozenBaseTeacher`: the untrained model's next-token distribution on the same batch as an anchor, the
+  KL-to-base baseline (Learning without Forgetting, Li & Hoiem 2017; the KL penalty of RLHF recipes). With
+  LoRA the base model is the same network with its adapter switched off, so it needs no second copy.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+from .likelihood import target_logits
+from .losses import consistency_kl, top_k_outputs
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -92,3 +98,34 @@ class EMATeacher:
     def load_state_dict(self, state: dict) -> None:
         self.shadow = dict(state["shadow"])
 
+
+
+class FrozenBaseTeacher:
+    """lambda * KL(p_base || p_model) over the target tokens of a batch, on the base's top-k tokens plus a
+    rest bucket (`losses.consistency_kl`, the same divergence ICFT's consistency loss uses)."""
+
+    def __init__(self, weight: float, top_k: int):
+        self.weight, self.top_k = weight, top_k
+
+    def penalty(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        """`logits` are the model's own at the batch's target positions (`likelihood.target_logits`)."""
+        with base_weights(model), torch.no_grad():
+            base = target_logits(model, batch)[0]
+        ids, logprobs = top_k_outputs(base, self.top_k)
+        return self.weight * consistency_kl(logits, ids, logprobs)
+
+
+@contextmanager
+def base_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Run a peft model as its base model (adapter off, eval mode: no dropout in a teacher). Nothing is
+    copied or changed in place, so the student's pending backward pass is unaffected."""
+    peft_model = getattr(model, "module", model)  # under DDP the peft model is the wrapped module
+    if not hasattr(peft_model, "disable_adapter"):
+        raise ValueError("the KL-to-base anchor needs a LoRA (peft) model: set peft.method=lora")
+    was_training = model.training
+    model.eval()
+    try:
+        with peft_model.disable_adapter():
+            yield
+    finally:
+        model.train(was_training)

@@ -1,20 +1,247 @@
 """A training run folder, as `icft train` writes it, and the one way to load the model it produced.
 
 runs/<name>/
+  .icft-run.json     written first: marks the folder as icft's, with the config's hash and the names icft owns
+  .icft-run.lock     locked (flock) by the process training in the folder, for as long as it runs
   config.yaml        the resolved run config
   adapter/ | model/  LoRA adapter (on top of config's model.name) | the whole model (full fine-tuning)
   memory/            the long-term memory (memory.jsonl + tensors.pt)
-  metrics.jsonl, stage_eval.json, summary.json, checkpoints/, TensorBoard logs
+  metrics.jsonl, stage_eval.json, summary.json, checkpoints/, tensorboard/
+
+icft writes only into a new or empty folder, or one with its marker, and removes only the names the marker
+lists (RUN_ENTRIES), never a user's file. adapter/, model/ and memory/ each carry the hash of the config
+they were trained under, so a folder whose config.yaml moved on without them is refused, not evaluated.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
+
+MARKER = ".icft-run.json"
+LOCK = ".icft-run.lock"
+HASH_FILE = ".icft-config-hash"  # in adapter/, model/ and memory/: the config_hash they were trained under
+# Everything icft writes at the top of a run folder (train, and compare's per-run results): the only names it
+# ever removes there, and only in a folder holding its marker.
+RUN_ENTRIES = ("config.yaml", "checkpoints", "tensorboard", "metrics.jsonl", "adapter", "model", "memory",
+               "stage_eval.json", "summary.json", "items.json", "result.json")  # fmt: skip
+FINISHED = ("adapter", "model", "summary.json")  # a run that wrote one of these has ended (or was ending)
+PARTIAL_CHECKPOINT = ".tmp-step-"  # checkpoint.save_checkpoint writes checkpoints/.tmp-step-N, then renames it
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short hash of a run config (its dict, or config.yaml as loaded): equal configs, equal hashes."""
+    canonical = yaml.safe_load(yaml.safe_dump(config))  # the dict as config.yaml holds it
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunFolder:
+    """The run folder a training process writes: checked, then claimed (locked, marked) before the model loads.
+
+    check() is read-only (a file in the way, a folder that is not icft's, a folder in use) and runs before the
+    data loads; claim() takes the lock, removes what killed writes left behind and, for a new run, the files
+    of the run before it, and writes the marker. The lock is an flock: the OS frees it when its process
+    dies, so a run killed with kill -9 resumes without anything to clean up by hand.
+    """
+
+    def __init__(self, path: Path, resume: bool = False, overwrite: bool = False):
+        self.path, self.resume, self.overwrite = Path(path), resume, overwrite
+        self.fd: int | None = None
+        self.created = False
+
+    def check(self) -> None:
+        from .io import check_output_dir
+
+        check_output_dir(self.path, "--resume" if self.resume else "--output-dir")
+        if not self.path.is_dir():
+            return
+        if read_marker(self.path) is None and not self._legacy_resume():
+            foreign = [p.name for p in sorted(self.path.iterdir()) if not _icft_own_without_marker(p.name)]
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+                raise ConfigError(f"{self.path}: not empty ({shown}) and not an icft run folder (no {MARKER}); icft "
+                                  "writes only into a new or empty folder or its own run folder: give another "
+                                  "--output-dir")  # fmt: skip
+        holder = _lock_holder(self.path)
+        if holder is not None:
+            raise TrainingError(f"{self.path} is in use by process {holder}")
+
+    def _legacy_resume(self) -> bool:
+        """A run folder of an icft older than the marker, resumed: config.yaml and a complete checkpoint."""
+        return self.resume and (self.path / "config.yaml").is_file() and any((self.path / "checkpoints").glob("step-*"))
+
+    def claim(self, config: dict[str, Any], say) -> None:
+        from .io import remove_leftovers, write_json
+
+        self.check()
+        self.created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.fd = _lock(self.path)
+        try:
+            marker = read_marker(self.path)  # again, now that no other icft process can change it
+            new = config_hash(config)
+            left = remove_leftovers(self.path, RUN_ENTRIES + (MARKER,))
+            checkpoints = self.path / "checkpoints"
+            left += [p for p in checkpoints.glob(PARTIAL_CHECKPOINT + "*") if _remove(p)]
+            if left:
+                say(f"removed what an interrupted run left half-written: {', '.join(p.name for p in left)}")
+            if not self.resume and marker is not None:
+                self._check_replace(marker, new, config)
+                removed = remove_own(self.path, marker)
+                if removed:
+                    say(f"starting a new run in {self.path}: removed the earlier run's {', '.join(removed)} "
+                        "(use --resume to continue a run instead)")  # fmt: skip
+            write_json(self.path / MARKER, {"icft_run": 1, "config_hash": new, "owned": [*RUN_ENTRIES, LOCK]})
+        except BaseException:
+            self.release(failed=True)
+            raise
+
+    def _check_replace(self, marker: dict, new: str, config: dict[str, Any]) -> None:
+        """A new run may replace a run of its own config, or anything with --overwrite; not another config's run."""
+        if marker.get("config_hash") == new or self.overwrite:
+            return
+        if any((self.path / name).exists() for name in FINISHED):
+            what = "a finished run"
+        elif any((self.path / "checkpoints").glob("step-*")):
+            what = "an interrupted run"
+        else:
+            return  # nothing trained there: nothing to lose
+        changed = _changed_keys(self.path / "config.yaml", config)
+        resume = f", --resume {self.path} to continue it" if what == "an interrupted run" else ""
+        raise ConfigError(f"{self.path} holds {what} of another config{changed}: give another --output-dir{resume}, "
+                          "or add --overwrite to replace it")  # fmt: skip
+
+    def release(self, failed: bool = False) -> None:
+        """Unlock. A failed run that had made the folder and written nothing but the marker leaves no folder."""
+        if self.fd is None:
+            return
+        if failed and self.created and {p.name for p in self.path.iterdir()} <= {MARKER, LOCK}:
+            for name in (MARKER, LOCK):
+                (self.path / name).unlink(missing_ok=True)
+            self.path.rmdir()
+        os.close(self.fd)  # closing the file frees the lock
+        self.fd = None
+
+
+def read_marker(run_dir: Path) -> dict | None:
+    """The folder's marker, or None when it has none. An unreadable marker still marks the folder as icft's."""
+    path = Path(run_dir) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def remove_own(run_dir: Path, marker: dict) -> list[str]:
+    """Remove the run files the marker lists (only names icft writes: a marker cannot point elsewhere)."""
+    removed = []
+    for name in marker.get("owned", RUN_ENTRIES):
+        path = run_dir / name
+        if name not in RUN_ENTRIES or not (path.exists() or path.is_symlink()):
+            continue
+        if name == "checkpoints" and path.is_dir() and not path.is_symlink():
+            for step in [*path.glob("step-*"), *path.glob(PARTIAL_CHECKPOINT + "*")]:
+                _remove(step)
+            if not any(path.iterdir()):  # anything else in there is not icft's
+                path.rmdir()
+        else:
+            _remove(path)
+        removed.append(name)
+    return removed
+
+
+def _remove(path: Path) -> bool:
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return True
+
+
+def _icft_own_without_marker(name: str) -> bool:
+    """What a folder may hold and still count as empty: the lock and marker of a claim killed halfway."""
+    return name == LOCK or re.fullmatch(re.escape(MARKER) + r"\..+", name) is not None
+
+
+def _lock(run_dir: Path) -> int:
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise TrainingError(f"{run_dir} is in use by process {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _lock_holder(run_dir: Path) -> str | None:
+    """The process id holding the folder's lock, or None when no live process holds it."""
+    path = run_dir / LOCK
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+
+
+def _changed_keys(old_path: Path, new: dict[str, Any], shown: int = 4) -> str:
+    """' (key: old -> new, ...)' between a saved config.yaml and a config, or '' when it cannot be read."""
+    try:
+        old = yaml.safe_load(old_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ""
+    if not isinstance(old, dict):
+        return ""
+    a, b = _flat(old), _flat(yaml.safe_load(yaml.safe_dump(new)))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if not keys:
+        return ""
+    text = ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys[:shown])
+    return f" ({text}{', ...' if len(keys) > shown else ''})"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + str(key): value})
+    return out
+
+
+def stamp(folder: Path, run_dir: Path) -> None:
+    """Write the hash of run_dir's config.yaml into an output folder (adapter/, model/, memory/)."""
+    (Path(folder) / HASH_FILE).write_text(config_hash(run_config(run_dir)) + "\n", encoding="utf-8")
+
+
+def check_parts_match(run_dir: str | Path) -> None:
+    """adapter/ (or model/) and memory/ must have been trained under the config in config.yaml: a ConfigError
+    names the part that was not. Parts written before icft stamped them (no .icft-config-hash) are accepted
+    without a check."""
+    run_dir = Path(run_dir)
+    expected = config_hash(run_config(run_dir))
+    for part in ("adapter", "model", "memory"):
+        path = run_dir / part / HASH_FILE
+        if path.is_file() and path.read_text(encoding="utf-8", errors="replace").strip() != expected:
+            raise ConfigError(f"{run_dir / part} was trained under another config than {run_dir / 'config.yaml'}: "
+                              f"the folder mixes two runs; finish the newer one (icft train --resume {run_dir}) or "
+                              "train again")  # fmt: skip
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -25,10 +252,9 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir}: run directory not found")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (is {run_dir} a folder written by icft train?)")
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    from .config import read_yaml
+
+    config = read_yaml(path)
     name = (config.get("model") or {}).get("name") if isinstance(config, dict) else None
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}: field 'model.name' missing (the adapter's base model)")
@@ -41,6 +267,7 @@ def load_run(run_dir: str | Path, device: str | None = None):
 
     run_dir = Path(run_dir)
     config = run_config(run_dir)
+    check_parts_match(run_dir)
     if (run_dir / "model").is_dir():
         model, tokenizer = _load(load_model, str(run_dir / "model"))
     else:

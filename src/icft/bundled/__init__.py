@@ -1,7 +1,8 @@
 """The bundled synthetic curriculum: the embedded default's training and evaluation data.
 
-The JSONL files under ``data/`` are generated from ``knowledge.json`` and ``general.json`` by
-``python -m icft.bundled.generate`` and committed, so loading them needs nothing but this package.
+The JSONL files under ``data/`` are committed, so loading them needs nothing but this package. They are
+generated from the knowledge tables by ``python -m tools.bundled.generate``, which lives in the repository
+(``tools/bundled/``) and is not installed: the package holds the data, not the code that wrote it.
 It is synthetic educational data, not medical advice (see README.md next to this file).
 
 Evaluation comes in two files per split: ``*-unseen`` (conditions never trained on: transfer) and
@@ -16,8 +17,7 @@ from pathlib import Path
 
 from ..data.schema import DataError, Example
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-DATA_DIR = PACKAGE_DIR / "data"
+DATA_DIR = Path(__file__).resolve().parent / "data"
 SPLITS = ("train", "validation-retention", "validation-unseen", "test-retention", "test-unseen")
 ALIASES = {
     "validation": ("validation-retention", "validation-unseen"),
@@ -43,7 +43,7 @@ def load_bundled(split: str) -> list[Example]:
         )
     path = bundled_path(split)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; rebuild it with: python -m icft.bundled.generate")
+        raise FileNotFoundError(f"{path} is missing; rebuild it in a checkout: python -m tools.bundled.generate")
     examples = []
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):

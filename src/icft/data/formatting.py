@@ -1,6 +1,8 @@
-"""Turn examples into (prompt, target) text pairs: the one place prompt templates live.
+"""Turn examples into (prompt, target) text pairs in a template: plain or the model's chat template.
 
 Training masks the prompt and learns the target; evaluation scores candidate targets after the prompt.
+What each kind of example says (its plain prompt, answer, chat messages, candidates) lives in `kinds.py`,
+one class per kind; this module puts those texts in a template.
 
 Two templates:
 
@@ -22,7 +24,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .schema import OPTION_LETTERS, Example
+from .kinds import choices, kind_of
+from .kinds import dialogue_prompt as dialogue_prompt  # the prompt texts live with their kinds (data/kinds.py)
+from .kinds import preference_prompt as preference_prompt
+from .kinds import qa_prompt as qa_prompt
+from .kinds import qa_question as qa_question
+from .schema import Example
 
 TEMPLATES = ("auto", "plain", "chat")
 Template = Literal["plain", "chat"]
@@ -41,66 +48,12 @@ def resolve_template(tokenizer, setting: str = "auto") -> Template:
     return "chat" if has_chat else "plain"
 
 
-# ------------------------------------------------------------------------------------------------ plain
-
-
-def qa_prompt(ex: Example) -> str:
-    return qa_question(ex) + "\nAnswer:"
-
-
-def qa_question(ex: Example) -> str:
-    """Context, question and lettered options: the plain prompt's body and the chat user message."""
-    parts = []
-    if ex.context:
-        parts.append(f"Context: {ex.context}")
-    parts.append(f"Question: {ex.question}")
-    if ex.options:
-        parts.append("Options: " + " ".join(f"({OPTION_LETTERS[i]}) {o}" for i, o in enumerate(ex.options)))
-    return "\n".join(parts)
-
-
-def dialogue_prompt(turns: list[dict[str, str]]) -> str:
-    names = {"user": "Patient", "assistant": "Doctor"}
-    lines = [f"{names[t['role']]}: {t['content']}" for t in turns[:-1]]
-    return "\n".join(lines) + "\nDoctor:"
-
-
-def preference_prompt(ex: Example) -> str:
-    return f"Question: {ex.prompt}\nAnswer:"
-
-
-def _answer(ex: Example, answer: str) -> str:
-    """The gold answer text (preference: the chosen one, or the rejected one with answer="rejected")."""
-    if ex.kind == "qa":
-        return ex.options[ex.answer] if ex.options else ex.answer
-    if ex.kind == "dialogue":
-        return ex.turns[-1]["content"]
-    if ex.kind == "preference":
-        return ex.rejected if answer == "rejected" else ex.chosen
-    raise ValueError(f"unknown kind {ex.kind!r}")
-
-
-def _plain_prompt(ex: Example) -> str:
-    if ex.kind == "qa":
-        return qa_prompt(ex)
-    if ex.kind == "dialogue":
-        return dialogue_prompt(ex.turns)
-    if ex.kind == "preference":
-        return preference_prompt(ex)
-    raise ValueError(f"unknown kind {ex.kind!r}")
-
-
 # ------------------------------------------------------------------------------------------------- chat
 
 
 def chat_messages(ex: Example, answer: str = "chosen") -> list[dict[str, str]]:
     """User/assistant messages for a qa, dialogue or preference example; the last one is the answer."""
-    if ex.kind == "dialogue":
-        return [{"role": t["role"], "content": t["content"]} for t in ex.turns]
-    question = qa_question(ex) if ex.kind == "qa" else ex.prompt
-    if ex.kind not in ("qa", "preference"):
-        raise ValueError(f"{ex.kind!r} examples have no chat form")
-    return [{"role": "user", "content": question}, {"role": "assistant", "content": _answer(ex, answer)}]
+    return kind_of(ex).messages(ex, answer)
 
 
 def chat_split(tokenizer, messages: list[dict[str, str]]) -> tuple[str, str]:
@@ -131,13 +84,13 @@ def prompt_and_target(ex: Example, tokenizer=None, template: str = "plain", answ
     With ``template="chat"`` (needs `tokenizer`), see the module docstring: the target is the assistant's
     turn including its end-of-turn text, and ``text`` examples keep their plain form with BOS/EOS as text.
     """
-    if template == "chat":
-        if ex.kind == "text":
-            return tokenizer.bos_token or "", ex.text + (tokenizer.eos_token or "")
-        return chat_split(tokenizer, chat_messages(ex, answer))
-    if ex.kind == "text":
-        return "", ex.text
-    return _plain_prompt(ex), " " + _answer(ex, answer)
+    kind = kind_of(ex)
+    if template != "chat":
+        return kind.pair(ex, answer)
+    if kind.asks:
+        return chat_split(tokenizer, kind.messages(ex, answer))
+    prompt, target = kind.pair(ex)  # text: nothing asked, so no chat turns: the plain pair, BOS and EOS as text
+    return (tokenizer.bos_token or "") + prompt, target + (tokenizer.eos_token or "")
 
 
 def candidates(ex: Example, tokenizer=None, template: str = "plain") -> tuple[str, list[str], int]:
@@ -148,16 +101,18 @@ def candidates(ex: Example, tokenizer=None, template: str = "plain") -> tuple[st
     lm-evaluation-harness, so acc and acc_norm mean the same in both and one-token answers (yes / no /
     maybe) still share a forward pass.
     """
-    if not ((ex.kind == "qa" and ex.options) or ex.kind == "preference"):
-        raise ValueError(f"example {ex.id} ({ex.kind}) has no candidates to score")
-    texts = list(ex.options) if ex.kind == "qa" else [ex.chosen, ex.rejected]
-    gold = ex.answer if ex.kind == "qa" else 0
+    texts, gold = choices(ex)
     if template == "chat":
         prompt, _ = chat_split(tokenizer, chat_messages(ex))
         return prompt, texts, gold
-    return _plain_prompt(ex), [" " + t for t in texts], gold
+    return kind_of(ex).prompt(ex), [" " + t for t in texts], gold
 
 
 def reference(ex: Example) -> str:
     """The reference text a generated answer is compared to (open QA and dialogue), in any template."""
     return prompt_and_target(ex)[1].strip()
+
+
+def is_open_ended(ex: Example) -> bool:
+    """Examples answered by generation: open qa and dialogue."""
+    return kind_of(ex).is_open(ex)

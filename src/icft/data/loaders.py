@@ -396,11 +396,25 @@ def _detect(raws: list[_Raw], path: Path) -> str:
 def _read_text(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(path, None, None, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     if not text.strip():
         raise DataError(path, None, None, "file is empty")
     return text
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The line and column of the first byte that is not UTF-8 (decoded again whole: read_text's error
+    counts from the start of the chunk it was decoding, not of the file)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        return DataError(path, data.count(b"\n", 0, error.start) + 1, None,
+                         f"not UTF-8 text (byte 0x{data[error.start]:02x} at column {error.start - line_start + 1}); "
+                         "save the file as UTF-8")  # fmt: skip
+    return DataError(path, None, None, "not UTF-8 text")
 
 
 def _jsonl_raws(path: Path, text: str) -> list[_Raw]:

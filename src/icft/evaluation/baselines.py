@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..data.formatting import reference
+from ..data.kinds import choice_type, kind_of
+from ..data.kinds import choices as choices  # the candidate texts and the right one's index
+from ..data.kinds import is_choice as is_choice
 from ..data.schema import YES_NO_MAYBE, Example
 from . import metrics as M
 
@@ -37,19 +40,8 @@ STOPWORDS = frozenset(
 )
 
 
-def is_choice(ex: Example) -> bool:
-    return (ex.kind == "qa" and bool(ex.options)) or ex.kind == "preference"
-
-
-def choices(ex: Example) -> tuple[list[str], int]:
-    """The candidate texts and the index of the right one (a preference pair: chosen, rejected)."""
-    if ex.kind == "preference":
-        return [ex.chosen or "", ex.rejected or ""], 0
-    return list(ex.options or []), int(ex.answer)  # type: ignore[arg-type]
-
-
 def is_yes_no_maybe(ex: Example) -> bool:
-    return ex.kind == "qa" and ex.options == YES_NO_MAYBE
+    return choice_type(ex) == "yes/no/maybe"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,15 +131,6 @@ def label_recalls(golds: Sequence[str], preds: Sequence[str]) -> dict[str, float
     return out
 
 
-def model_label_recalls(examples: Sequence[Example], errors: Sequence[dict]) -> dict[str, float]:
-    """A model's `label_recalls` on the yes/no/maybe items of `examples`, from `EvalResult.errors` (the items
-    it got wrong, with the option it picked): every other item it answered right."""
-    picked = {e["id"]: e["predicted"] for e in errors}
-    items = [ex for ex in examples if is_yes_no_maybe(ex)]
-    golds = [YES_NO_MAYBE[ex.answer] for ex in items]  # type: ignore[index]
-    return label_recalls(golds, [picked.get(ex.id, gold) for ex, gold in zip(items, golds)])
-
-
 def _random_label_scores(golds: list[str]) -> dict[str, float]:
     """A uniform guess over the three labels: recall 1/3 each, and the macro-F1 of its expected counts
     (TP = n_l/3, FP = (n - n_l)/3, FN = 2 n_l/3, so F1_l = 2 n_l / (3 n_l + n))."""
@@ -166,7 +149,8 @@ def words(text: str) -> list[str]:
 
 
 def _question(ex: Example) -> str:
-    return " ".join(t for t in (ex.context, ex.question, ex.prompt) if t)
+    """A choice item's words a cheat can read besides its options: its context and what it asks."""
+    return " ".join(t for t in (ex.context, kind_of(ex).query(ex)) if t)
 
 
 def first_option(ex: Example) -> list[float]:
@@ -200,9 +184,10 @@ def majority_label(train: Sequence[Example]) -> Callable[[Example], list[float]]
 
 
 def _label_key(ex: Example, option: str) -> tuple[str, str]:
-    if ex.kind == "preference":
+    group = item_type(ex)
+    if group == "preference":
         return ("preference", (words(option) or [""])[0])
-    return ("yn" if is_yes_no_maybe(ex) else "mc", option.lower())
+    return ("yn" if group == "yes/no/maybe" else "mc", option.lower())
 
 
 def bag_of_words(train: Sequence[Example]) -> Callable[[Example], list[float]]:
@@ -259,9 +244,9 @@ def chance(items: Sequence[Example]) -> float:
     return float(np.mean([1 / len(choices(ex)[0]) for ex in items])) if items else math.nan
 
 
-def item_type(ex: Example) -> str:
-    """"mc", "yes/no/maybe" or "preference": the groups cheats are reported for."""
-    return "preference" if ex.kind == "preference" else "yes/no/maybe" if is_yes_no_maybe(ex) else "mc"
+def item_type(ex: Example) -> str | None:
+    """"mc", "yes/no/maybe" or "preference": the groups cheats are reported for (None: not a choice item)."""
+    return choice_type(ex)
 
 
 def cheat_rules(train: Sequence[Example]) -> dict[str, Callable[[Example], list[float]]]:

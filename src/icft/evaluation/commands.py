@@ -47,11 +47,12 @@ def eval_command(
             raise _BadInput("no data files given (--data PATH ...)")
         if run_dir and model:
             raise _BadInput("give either a run directory (--run) or a model (--model), not both")
+        _check_options(json_path, output_dir, max_examples, batch_size)
         datasets = _load_data(data, max_examples)
         net, tokenizer, template = load_for_eval(run_dir, model)
         retrieved: dict[str, list] = {}
         if retrieve or knowledge:
-            from ..inference.commands import retrieve_for_eval
+            from .retrieval import retrieve_for_eval
 
             datasets, retrieved = retrieve_for_eval(datasets, net, tokenizer, run_dir, knowledge, retrieve)
     except (_BadInput, ValueError, FileNotFoundError) as error:  # ValueError: nothing to retrieve from, etc.
@@ -73,8 +74,22 @@ def eval_command(
                 error["retrieved"] = retrieved[error["id"]]
     print_table(results, examples=datasets)
     _print_breakdowns(results)
-    _write_outputs(results, json_path, output_dir)
+    _write_outputs(results, json_path, output_dir, datasets)
     return 0
+
+
+def _check_options(json_path: str | None, output_dir: str | None, max_examples: int | None, batch_size: int) -> None:
+    """Before any work: numbers in range, and output paths icft can write (a folder given as --json is not one)."""
+    from ..io import check_output_dir, check_output_file
+
+    if batch_size < 1:
+        raise _BadInput(f"--batch-size must be >= 1, got {batch_size}")
+    if max_examples is not None and max_examples < 1:
+        raise _BadInput(f"--max-examples must be >= 1, got {max_examples}")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
+    if output_dir is not None:
+        check_output_dir(output_dir, "--output-dir")
 
 
 def load_for_eval(run_dir: str | None, model: str | None) -> tuple[Any, Any, str]:
@@ -108,15 +123,21 @@ def _print_breakdowns(results: dict[str, Any]) -> None:
             print(f"{name} accuracy by group: {groups}")
 
 
-def _write_outputs(results: dict[str, Any], json_path: str | None, output_dir: str | None) -> None:
+def _write_outputs(results: dict[str, Any], json_path: str | None, output_dir: str | None,
+                   datasets: dict[str, list[Example]]) -> None:
+    """{file: {metric: value, "baselines": {baseline: {metric: value}}}}: the trivial baselines the printed
+    table shows (random, majority / constant answer, best option position) on the same items, so that a
+    score read from the JSON can be read against its floor too."""
     from ..io import write_json, write_jsonl
+    from .baselines import trivial_baselines
 
     if json_path is None and output_dir is None:
         return
     stem = Path(json_path).stem if json_path else "eval"
     if json_path is None:
         json_path = str(Path(output_dir) / f"{stem}.json")
-    write_json(json_path, {name: r.to_json() for name, r in results.items()})
+    write_json(json_path, {name: {**r.to_json(), "baselines": trivial_baselines(datasets[name])}
+                           for name, r in results.items()})  # fmt: skip
     errors_dir = Path(output_dir) if output_dir else Path(json_path).parent
     errors_path = errors_dir / f"{stem}.errors.jsonl"
     write_jsonl(errors_path, ({"file": name, **e} for name, r in results.items() for e in r.errors))

@@ -7,9 +7,14 @@
   `rouge2`, `rougeL`, `distinct1`, `distinct2`, `embedding_similarity` (given an embedder), `mean_length`;
 - text: `perplexity`, exp of the mean negative log-likelihood per token over all texts.
 
+- every item: `answer_nll`, the mean negative log-likelihood per token of its reference answer (a text
+  example: of the text) after its prompt.
+
 `metrics["accuracy_by"]` breaks the accuracy of the scorable examples down by kind, source, stage and
 tier (`meta["tier"]`), e.g. {"kind=qa": 0.6, "tier=2": 0.5}; it is the one entry that is not a number.
-`EvalResult.errors` lists the scorable examples the model got wrong.
+`EvalResult.errors` lists the scorable examples the model got wrong; `EvalResult.items` holds one record per
+example (its hit, or its generated answer and ROUGE-L, and its answer NLL), from which every caller (`icft
+eval`, `icft compare`, the benchmarks) aggregates: this module is the one evaluation path.
 """
 
 from __future__ import annotations
@@ -24,18 +29,19 @@ from typing import Any, TextIO
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.formatting import prompt_and_target, reference
+from ..data.formatting import is_open_ended, prompt_and_target, reference
+from ..data.kinds import choice_type, choices, kind_of
 from ..data.schema import YES_NO_MAYBE, Example
 from ..data.tokenize import collate, encode_pair
-from ..likelihood import eval_batches, sequence_logprobs, target_logits
+from ..likelihood import answer_nll, eval_batches, sequence_logprobs, target_logits
 from . import metrics as M
 from .baselines import label_recalls
-from .generation import context_limit, generate_answers
+from .generation import EVAL_MAX_NEW_TOKENS, context_limit, generate_answers
 from .scoring import ChoiceScores, choice_accuracy, is_scorable, score_choices
 
 # Table and JSON order; metrics not listed here follow in alphabetical order.
 METRIC_ORDER = [
-    "accuracy", "accuracy_norm", "macro_f1", "preference_accuracy", "perplexity",
+    "accuracy", "accuracy_norm", "macro_f1", "preference_accuracy", "answer_nll", "perplexity",
     "bleu", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "embedding_similarity", "mean_length",
 ]  # fmt: skip
 GROUP_FIELDS = ("kind", "source", "stage", "tier")
@@ -46,6 +52,9 @@ class EvalResult:
     metrics: dict[str, Any]  # metric name -> float, and "accuracy_by" -> {group: accuracy}
     errors: list[dict[str, Any]] = field(default_factory=list)
     n_examples: int = 0
+    # one record per example, in input order: {"id", "kind", "answer_nll"} and "hit" (0/1, choice items) or
+    # "answer" and "rougeL" (open items)
+    items: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def accuracy_by(self) -> dict[str, float]:
@@ -72,35 +81,52 @@ def evaluate_examples(
     embedder: M.Embedder | None = None,
     max_length: int = 512,
     batch_size: int = 32,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
     progress: bool = True,
     template: str = "plain",
 ) -> EvalResult:
-    """Every metric the examples allow (see the module docstring); the model is left in its former mode.
+    """Every metric the examples allow (see the module docstring) and one record per example; the model is
+    left in its former mode.
 
     `template` is the prompt format the model was trained with (data/formatting.py): scoring and generation
     prompts use it; references stay plain text.
     """
     max_length = context_limit(model, max_length)
     metrics: dict[str, Any] = {}
+    items = [{"id": ex.id, "kind": ex.kind} for ex in examples]
+    position = {id(ex): i for i, ex in enumerate(examples)}  # by object: ids may repeat across merged files
 
     scorable = [ex for ex in examples if is_scorable(ex)]
     scores = (score_choices(model, tokenizer, scorable, max_length, batch_size, progress, template=template)
               if scorable else [])  # fmt: skip
     metrics.update(_choice_metrics(scores))
+    hits = [_is_hit(s) for s in scores]
+    for s, hit in zip(scores, hits):
+        items[position[id(s.example)]]["hit"] = int(hit)
 
     open_ended = [ex for ex in examples if is_open_ended(ex)]
     if open_ended:
         prompts = [prompt_and_target(ex, tokenizer, template)[0] for ex in open_ended]
-        hyps = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, max_length=max_length,
+        # A model trained on short sequences keeps half its context for the prompt.
+        budget = min(max_new_tokens, max_length // 2)
+        hyps = generate_answers(model, tokenizer, prompts, budget, batch_size, max_length=max_length,
                                 progress=progress, template=template)  # fmt: skip
-        metrics.update(generation_metrics(hyps, [reference(ex) for ex in open_ended], embedder))
+        refs = [reference(ex) for ex in open_ended]
+        metrics.update(generation_metrics(hyps, refs, embedder))
+        for ex, hyp, rouge_l in zip(open_ended, hyps, M.rouge_l_scores(hyps, refs)):
+            items[position[id(ex)]].update(answer=hyp, rougeL=rouge_l)
 
     texts = [ex.text for ex in examples if ex.kind == "text"]
     if texts:
         metrics["perplexity"] = perplexity(model, tokenizer, texts, max_length, batch_size, progress)
 
-    hits = [_is_hit(s) for s in scores]
+    pairs = [prompt_and_target(ex, tokenizer, template) for ex in examples]
+    nll = answer_nll(model, tokenizer, pairs, max_length, batch_size, template=template) if pairs else []
+    for record, value in zip(items, nll):
+        record["answer_nll"] = value
+    if nll:
+        metrics["answer_nll"] = sum(nll) / len(nll)
+
     metrics = _ordered(metrics)
     if scores:
         metrics["accuracy_by"] = _accuracy_by(scores, hits)
@@ -108,6 +134,7 @@ def evaluate_examples(
         metrics=metrics,
         errors=[_error_record(s) for s, hit in zip(scores, hits) if not hit],
         n_examples=len(examples),
+        items=items,
     )
 
 
@@ -217,14 +244,13 @@ def _with_baselines(results: dict[str, EvalResult], examples: dict[str, list[Exa
 # ----------------------------------------------------------------------------------------------------------
 
 
-def is_open_ended(ex: Example) -> bool:
-    """Examples answered by generation: open qa and dialogue."""
-    return (ex.kind == "qa" and not ex.options) or ex.kind == "dialogue"
+def _pick(s: ChoiceScores) -> int:
+    # preference accuracy compares length-normalised scores (a longer answer is not a worse one)
+    return s.pred_norm if choice_type(s.example) == "preference" else s.pred
 
 
 def _is_hit(s: ChoiceScores) -> bool:
-    # preference accuracy compares length-normalised scores (a longer answer is not a worse one)
-    return (s.pred_norm if s.example.kind == "preference" else s.pred) == s.gold
+    return _pick(s) == s.gold
 
 
 def _choice_metrics(scores: list[ChoiceScores]) -> dict[str, float]:
@@ -260,13 +286,10 @@ def _accuracy_by(scores: list[ChoiceScores], hits: list[bool]) -> dict[str, floa
 
 def _error_record(s: ChoiceScores) -> dict[str, Any]:
     ex = s.example
-    if ex.kind == "preference":
-        question, answers, predicted = ex.prompt, [ex.chosen, ex.rejected], s.pred_norm
-    else:
-        question, answers, predicted = ex.question, ex.options, s.pred
+    answers, _ = choices(ex)
     return {
         "id": ex.id, "kind": ex.kind, "source": ex.source, "tier": ex.meta.get("tier"),
-        "question": question, "gold": answers[s.gold], "predicted": answers[predicted],
+        "question": kind_of(ex).query(ex), "gold": answers[s.gold], "predicted": answers[_pick(s)],
     }  # fmt: skip
 
 

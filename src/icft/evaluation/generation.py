@@ -18,6 +18,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..likelihood import eval_batches
+from ..models import context_limit
+
+# The one answer budget of evaluation: `icft eval`, `icft compare`, stage reports and benchmarks all generate
+# this many new tokens at most (greedy, stopping at EOS or the chat template's end of turn).
+EVAL_MAX_NEW_TOKENS = 48
 
 
 @torch.no_grad()
@@ -25,7 +30,7 @@ def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
-    max_new_tokens: int = 48,
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
     batch_size: int = 16,
     max_length: int = 512,
     progress: bool = False,
@@ -62,14 +67,6 @@ def generate_answers(
         for i, row in zip(idx, output[:, input_ids.shape[1] :].tolist()):
             answers[i] = _decode(tokenizer, row, stop)
     return answers
-
-
-def context_limit(model: PreTrainedModel, max_length: int) -> int:
-    """`max_length`, or the model's position limit if that is smaller."""
-    # Absolute position embeddings (BERT: 512) cannot go past their table; rotary ones could, but the
-    # configured maximum is what the model was trained for.
-    positions = getattr(model.config, "max_position_embeddings", None)
-    return min(max_length, positions) if positions else max_length
 
 
 def stop_ids(tokenizer: PreTrainedTokenizerBase, template: str = "plain") -> list[int]:

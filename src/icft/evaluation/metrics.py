@@ -76,6 +76,15 @@ def rouge(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
     return {k: sum(s[k].fmeasure for s in scores) / len(scores) for k in keys}
 
 
+def rouge_l_scores(hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
+    """ROUGE-L F of each answer, as `rouge` computes it before taking the mean (items are paired on it)."""
+    from rouge_score import rouge_scorer
+
+    _check_same_length(hyps, refs)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hyps, refs)]
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct n-grams over all n-grams of all texts (Li et al. 2016), on whitespace tokens.
 

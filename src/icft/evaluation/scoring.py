@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.formatting import candidates
+from ..data.kinds import is_choice
 from ..data.schema import Example
 from ..likelihood import score_pairs
 
@@ -62,6 +63,4 @@ def choice_accuracy(scores: list[ChoiceScores], normalised: bool = False) -> flo
     return sum(hits) / len(hits)
 
 
-def is_scorable(ex: Example) -> bool:
-    """Examples with candidates: multiple-choice or yes/no/maybe qa, and preference pairs."""
-    return (ex.kind == "qa" and bool(ex.options)) or ex.kind == "preference"
+is_scorable = is_choice  # examples with candidates (multiple-choice or yes/no/maybe qa, preference pairs)

@@ -7,6 +7,7 @@ on stderr and returns exit code 2, without a traceback. Heavy modules are import
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -34,18 +35,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--output", required=True, help="folder to write (replaced if it is an earlier export)")
     export.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
 
-    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP API (chat/completions, completions, models)")
+    serve = sub.add_parser("serve", help="a chat page and an OpenAI-compatible HTTP API (chat/completions, ...)")
     _add_model_args(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (the API has no authentication)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-name", help="name clients pass as `model` (default: run folder or model name)")
+    serve.add_argument("--api-key", default=os.environ.get("ICFT_API_KEY") or None,
+                       help="require `Authorization: Bearer KEY` on /v1/* (default: $ICFT_API_KEY, which other "
+                            "users cannot read from the process list)")  # fmt: skip
+    serve.add_argument("--allow-host", action="append", metavar="NAME",
+                       help="another name the Host header may carry, e.g. a reverse proxy's (repeatable)")  # fmt: skip
     serve.add_argument("--queue-size", type=int, default=16, help="requests waiting beyond this get 503")
+    serve.add_argument("--batch-size", type=int, default=8, help="most prompts generated together")
+    serve.add_argument("--request-timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="a request still running after this ends with 504 and frees its slot")  # fmt: skip
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--run", help="run folder written by icft train (adapter + long-term memory)")
-    who.add_argument("--model", help="base model: hub id, local folder, or minilm-decoder")
+    who.add_argument("--model", help="base model: hub id, local folder, or smollm2-135m-instruct")
     p.add_argument("--retrieve", type=int, default=0, metavar="K", help="put the K nearest memory facts in prompts")
     p.add_argument("--knowledge", action="append", metavar="PATH", help="extra text/qa records to retrieve from")
     p.add_argument("--max-length", type=int, default=2048, help="prompt + answer token limit (and the model's)")
@@ -71,10 +80,15 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.command == "serve":
             from .serve import serve
 
-            if args.queue_size < 1:
-                raise InputError(f"--queue-size must be >= 1, got {args.queue_size}")
+            for option, value, low in (("--queue-size", args.queue_size, 1), ("--batch-size", args.batch_size, 1)):
+                if value < low:
+                    raise InputError(f"{option} must be >= {low}, got {value}")
+            if not 0 < args.request_timeout < 10**7:  # also refuses nan and inf
+                raise InputError(f"--request-timeout must be > 0 seconds (and finite), got {args.request_timeout}")
             engine = _engine(args, name=args.model_name)
-            return serve(engine, host=args.host, port=args.port, queue_size=args.queue_size)
+            return serve(engine, host=args.host, port=args.port, queue_size=args.queue_size, api_key=args.api_key,
+                         allow_hosts=args.allow_host, batch_size=args.batch_size,
+                         request_timeout=args.request_timeout)  # fmt: skip
     except (InputError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -99,14 +113,18 @@ def generate_command(args: argparse.Namespace) -> int:
     from ..data.formatting import prompt_and_target, reference
     from ..data.schema import DataError
     from ..data.sources import load_data
-    from ..io import write_json
+    from ..io import check_output_file, write_json
+    from ..memory.retrieval import add_retrieved_context
     from .generate import InputError, Prompt
-    from .retrieval import add_retrieved_context
 
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.temperature < 0:
         raise InputError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.json:
+        check_output_file(args.json, "--json")  # before the model loads, not after every answer is generated
     examples = []
     if args.data:
         try:
@@ -157,26 +175,3 @@ def generate_command(args: argparse.Namespace) -> int:
         write_json(args.json, {"model": engine.name, "settings": settings, "answers": records})
         print(f"wrote {args.json}")
     return 0
-
-
-def retrieve_for_eval(
-    datasets: dict[str, list], model: Any, tokenizer: Any, run_dir: str | None, knowledge: list[str] | None, k: int
-) -> tuple[dict[str, list], dict[str, list[dict]]]:
-    """`icft eval --retrieve K`: each file's examples with retrieved context, and {example id: hits as JSON}.
-
-    Raises InputError (a ValueError) when there is nothing to retrieve from.
-    """
-    from ..evaluation.generation import context_limit
-    from .generate import load_retriever
-    from .retrieval import add_retrieved_context
-
-    retriever = load_retriever(run_dir, knowledge, k)
-    if retriever is None:
-        return datasets, {}
-    limit = context_limit(model, 512)  # what evaluate_examples uses
-    out, retrieved = {}, {}
-    for name, examples in datasets.items():
-        out[name], hits = add_retrieved_context(examples, retriever, k, tokenizer, limit)
-        for ex, row in zip(examples, hits):
-            retrieved[ex.id] = [{"id": h.id, "score": round(h.score, 6), "source": h.source} for h in row]
-    return out, retrieved

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from ..io import atomic_path
+from ..errors import ConfigError
+from ..io import atomic_path, check_output_dir, remove_leftovers
 from .generate import InputError
 
 MARKER = "icft_export.json"
@@ -31,6 +32,11 @@ def export(run: str | Path, output: str | Path, merge: bool = False) -> Path:
     config = _run_config(run)
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / MARKER).exists())):
         raise InputError(f"{output}: exists and is not an earlier icft export; choose a new folder")
+    try:
+        check_output_dir(output, "--output")  # before the model loads
+    except ConfigError as error:
+        raise InputError(str(error)) from None
+    remove_leftovers(output.parent, [output.name])  # what a killed export left next to its destination
     full = (run / "model").is_dir()
     if not full and not (run / "adapter").is_dir():
         raise InputError(f"{run / 'adapter'}: adapter not found (did the run finish?)")
@@ -50,10 +56,15 @@ def export(run: str | Path, output: str | Path, merge: bool = False) -> Path:
 
 
 def _run_config(run: Path) -> dict[str, Any]:
+    from ..config import read_yaml
+
     path = run / "config.yaml"
     if not path.is_file():
         raise InputError(f"{path}: not found (is {run} a training run directory?)")
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        config = read_yaml(path)
+    except ConfigError as error:
+        raise InputError(str(error)) from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not config["model"].get("name"):
         raise InputError(f"{path}: field 'model.name' missing (the adapter's base model)")
     return config

@@ -5,10 +5,15 @@ encodes them (the tokenizer's BOS, if any, then the text without special tokens)
 builds them. Batches are padded on the left, so each row's last token is its own prompt's last token and
 the new tokens follow it directly; `generate` derives positions from the attention mask, which also holds
 for the embedded BERT decoder. Decoding is greedy unless a temperature above 0 asks for sampling.
+
+`Engine.generate_rows` is the server's batch: rows from different requests share one `generate` call, each
+with its own token limit, stop strings, stream and cancel flag (`RowLimits` ends a row; `RowStreamer` hands
+each row its own text), so greedy answers are those of one-by-one generation.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +21,12 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, TextStreamer
+from transformers.generation.stopping_criteria import StopStringCriteria
+from transformers.generation.streamers import BaseStreamer
 
 from ..data.formatting import dialogue_prompt
-from ..evaluation.generation import context_limit
-from .retrieval import Hit, Retriever, context_block, fit_facts
+from ..memory.retrieval import Hit, Retriever, context_block, fit_facts, load_retriever
+from ..models import context_limit
 
 DEFAULT_MAX_LENGTH = 2048  # a cap for models whose position limit is far beyond what they were trained on
 
@@ -33,7 +40,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_new_tokens reached)
+    finish_reason: str  # "stop" (EOS or a stop string), "length" (max_new_tokens), "timeout" or "cancelled"
     retrieved: list[Hit] = field(default_factory=list)
 
 
@@ -49,8 +56,10 @@ class Prompt:
 class CallbackStreamer(TextStreamer):
     """Hands each finished piece of text to a callback (TextStreamer prints it; TextIteratorStreamer queues it)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, on_text: Callable[[str, bool], None]):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, on_text: Callable[[str, bool], None], skip_prompt: bool = True
+    ):
+        super().__init__(tokenizer, skip_prompt=skip_prompt, skip_special_tokens=True)
         self.on_text = on_text
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -68,6 +77,91 @@ class StopFlag(StoppingCriteria):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
+class Row:
+    """One prompt in a shared batch, with the limits of the request it came from."""
+
+    prompt: Prompt
+    max_new_tokens: int
+    stop: list[str] | None = None
+    stop_criteria: StopStringCriteria | None = None  # from `Engine.stop_criteria(stop)`
+    on_text: Callable[[str, bool], None] | None = None  # streaming: each finished piece of this row's text
+    cancel: StopFlag | None = None  # set by another thread: the client left
+    deadline: float | None = None  # time.monotonic() after which the row ends as "timeout"
+
+
+class RowLimits(StoppingCriteria):
+    """Ends each row of a batch on its own: EOS, its stop strings, its token limit, its cancel flag or deadline.
+
+    transformers pads a finished row and stops when all rows are finished; `ended_at[i]` is how many new
+    tokens row i had when it finished, so its answer is exactly what it would be alone.
+    """
+
+    def __init__(self, rows: list[Row], width: int, eos_ids: list[int]):
+        self.rows, self.width, self.eos_ids = rows, width, set(eos_ids)
+        self.ended_at: list[int | None] = [None] * len(rows)
+        self.reason: list[str] = ["length"] * len(rows)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        new = input_ids.shape[1] - self.width
+        last = input_ids[:, -1].tolist()
+        now = time.monotonic()
+        for i, row in enumerate(self.rows):
+            if self.ended_at[i] is not None:
+                continue
+            reason = None
+            if last[i] in self.eos_ids:
+                reason = "stop"
+            elif row.stop_criteria is not None and bool(row.stop_criteria(input_ids[i : i + 1], scores)[0]):
+                reason = "stop"
+            elif row.cancel is not None and row.cancel.stopped:
+                reason = "cancelled"
+            elif row.deadline is not None and now > row.deadline:
+                reason = "timeout"
+            elif new >= row.max_new_tokens:
+                reason = "length"
+            if reason is not None:
+                self.ended_at[i], self.reason[i] = new, reason
+        return torch.tensor([e is not None for e in self.ended_at], dtype=torch.bool, device=input_ids.device)
+
+
+class RowStreamer(BaseStreamer):
+    """Hands each streaming row its own text: one `CallbackStreamer` per row, fed that row's tokens only.
+
+    `generate` first puts the prompt, then one token per row per step; a row's tokens after it ended are
+    padding. Tokens are counted, not timed, so this holds whether the stop check runs before or after `put`.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, rows: list[Row], limits: RowLimits):
+        self.streams = [CallbackStreamer(tokenizer, r.on_text, skip_prompt=False) if r.on_text else None for r in rows]
+        self.limits = limits
+        self.count = -1  # the first put is the prompt
+        self.closed = [s is None for s in self.streams]
+
+    def put(self, value: torch.Tensor) -> None:
+        self.count += 1
+        if self.count == 0:
+            return
+        tokens = value.reshape(-1).tolist()
+        for i, stream in enumerate(self.streams):
+            if self.closed[i]:
+                continue
+            ended = self.limits.ended_at[i]
+            if ended is None or self.count <= ended:
+                stream.put(torch.tensor([tokens[i]]))
+            if ended is not None and self.count >= ended:
+                self._close(i)
+
+    def end(self) -> None:
+        for i in range(len(self.streams)):
+            if not self.closed[i]:
+                self._close(i)
+
+    def _close(self, i: int) -> None:
+        self.closed[i] = True
+        self.streams[i].end()
 
 
 class Engine:
@@ -115,8 +209,11 @@ class Engine:
             net, tokenizer = load_run(run) if run else load_base(model or EMBEDDED_DEFAULT)
         except (FileNotFoundError, ValueError) as error:
             raise InputError(str(error)) from None
-        retriever = load_retriever(run, knowledge, retrieve_k)
-        default_name = Path(run).resolve().name if run else (model or "minilm-decoder")
+        try:
+            retriever = load_retriever(run, knowledge, retrieve_k)
+        except ValueError as error:  # a bad knowledge file's DataError too
+            raise InputError(str(error)) from None
+        default_name = Path(run).resolve().name if run else (model or EMBEDDED_DEFAULT)
         return cls(net, tokenizer, name or default_name, retriever, retrieve_k, max_length)
 
     # --- prompts ---------------------------------------------------------------------------------------
@@ -247,32 +344,67 @@ class Engine:
                 out[i] = self._completion(prompts[i], row, max_new_tokens, stop)
         return out  # type: ignore[return-value]
 
-    def _completion(self, prompt: Prompt, row: list[int], max_new_tokens: int, stop: list[str] | None) -> Completion:
+    def stop_criteria(self, stop: list[str] | None) -> StopStringCriteria | None:
+        """transformers' matcher for these stop strings; InputError names one that no tokens can end with."""
+        if not stop:
+            return None
+        for s in stop:  # one by one: transformers only complains when none of a set can match
+            if not _can_stop(self.tokenizer, s):
+                raise InputError(
+                    f"stop: this model's tokenizer has no token that can end the stop string {s!r}, so it could "
+                    "never match; leave it out"
+                )
+        return StopStringCriteria(self.tokenizer, stop)
+
+    @torch.no_grad()
+    def generate_rows(self, rows: list[Row], temperature: float = 0.0, top_p: float = 1.0) -> list[Completion]:
+        """One `generate` call for rows with their own limits; greedy rows answer as they would one by one."""
+        batch = self.tokenizer.pad(
+            {"input_ids": [r.prompt.ids for r in rows]}, padding=True, padding_side="left", return_tensors="pt"
+        )
+        width = batch["input_ids"].shape[1]
+        limits = RowLimits(rows, width, self.eos_ids)
+        streamer = RowStreamer(self.tokenizer, rows, limits) if any(r.on_text for r in rows) else None
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        )
+        output = self.model.generate(
+            input_ids=batch["input_ids"].to(self.device),
+            attention_mask=batch["attention_mask"].to(self.device),
+            max_new_tokens=max(r.max_new_tokens for r in rows),
+            num_beams=1,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            stopping_criteria=[limits],
+            streamer=streamer,
+            **sampling,
+        )
+        out = []
+        for i, row in enumerate(rows):
+            tokens = output[i, width:].tolist()
+            ended = limits.ended_at[i]
+            tokens = tokens if ended is None else tokens[:ended]
+            reason = limits.reason[i] if limits.reason[i] in ("timeout", "cancelled") else None
+            out.append(self._completion(row.prompt, tokens, row.max_new_tokens, row.stop, reason))
+        return out
+
+    def _completion(
+        self, prompt: Prompt, row: list[int], max_new_tokens: int, stop: list[str] | None, reason: str | None = None
+    ) -> Completion:
         ends = [row.index(e) for e in self.eos_ids if e in row]
         new = row[: min(ends)] if ends else row
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, stop)
-        finish = "stop" if ends or stopped or len(row) < max_new_tokens else "length"
+        finish = reason or ("stop" if ends or stopped or len(row) < max_new_tokens else "length")
         return Completion(text.strip(), len(prompt.ids), len(new), finish, prompt.retrieved)
 
 
-def load_retriever(run: str | None, knowledge: list[str] | None, k: int) -> Retriever | None:
-    """The run's memory/ plus knowledge files, or None when retrieval is off (k == 0)."""
-    if k <= 0:
-        if knowledge:
-            raise InputError("--knowledge needs --retrieve K (how many facts to put in each prompt)")
-        return None
-    memory = Path(run) / "memory" if run else None
-    if memory is not None and not (memory / "memory.jsonl").is_file():
-        raise InputError(f"{memory}: no long-term memory there (memory.jsonl) to retrieve from")
-    if memory is None and not knowledge:
-        raise InputError("--retrieve needs a run's memory (--run) or a knowledge file (--knowledge PATH)")
-    from ..data.schema import DataError
-
+def _can_stop(tokenizer: PreTrainedTokenizerBase, stop: str) -> bool:
     try:
-        return Retriever.from_sources(memory, knowledge)
-    except (DataError, OSError) as error:
-        raise InputError(str(error)) from None
+        StopStringCriteria(tokenizer, [stop])
+    except ValueError:
+        return False
+    return True
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.kinds import kind_of
 from ..data.schema import Example
 from ..models import embedded_model_path
 
@@ -38,14 +39,6 @@ class Embedder:
 
 def example_text(ex: Example) -> str:
     """The input side of an example: retrieval queries are questions, so we embed what is asked."""
-    if ex.kind == "text":
-        return ex.text
-    if ex.kind == "qa":
-        return ex.question
-    if ex.kind == "preference":
-        return ex.prompt
-    if ex.kind == "dialogue":
-        return "\n".join(t["content"] for t in ex.turns if t["role"] == "user")
-    raise ValueError(f"unknown kind {ex.kind!r}")
+    return kind_of(ex).query(ex)
 
 

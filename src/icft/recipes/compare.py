@@ -10,6 +10,8 @@ Methods (each a set of config overrides on the same base config, so the comparis
 - lora-ewc:            stages in order, no pacing, no memory; an EWC penalty keeps the adapter near earlier stages
 - lora-ilora:          stages in order, no pacing; LTM replay with an EMA teacher for the consistency loss, no STM
                        (I-LoRA-style)
+- lora-kl-base:        stages in order, no pacing, no memory; the task loss plus loss.kl_base x KL from the frozen
+                       base model's next-token distribution on the same batch (the LwF / self-distillation anchor)
 - lora-mixed-memory:   all stages shuffled together, with the memory: is it the order or the memory that helps?
 - icft:                pacing and memory: the full method
 - icft-no-consistency: icft without the consistency loss (replay only)
@@ -76,6 +78,7 @@ METHOD_OVERRIDES: dict[str, dict[str, object]] = {
     "lora-ewc": {"curriculum.pacing": "none", "memory.enabled": False, "loss.ewc": 100.0},
     "lora-ilora": {"curriculum.pacing": "none", "memory.enabled": True, "memory.teacher": "ema",
                    "memory.stm_replay": 0.0},  # fmt: skip
+    "lora-kl-base": {"curriculum.pacing": "none", "memory.enabled": False, "loss.kl_base": 1.0},
     "lora-mixed-memory": {"curriculum.order": "mixed", "memory.enabled": True},
     "icft": {"memory.enabled": True},
     "icft-no-consistency": {"memory.enabled": True, "loss.consistency": 0.0},
@@ -144,51 +147,26 @@ def test_sets(config: RunConfig) -> dict[str, list[Example]]:
             for label, spec in zip(labels, config.compare.test)}  # fmt: skip
 
 
-def evaluate_file(model, tokenizer, examples: list[Example], embedder, max_length: int) -> tuple[dict, dict]:
-    """(metrics, items) of one test file. items: {"accuracy" | "preference_accuracy": {id: 0/1 hit},
-    "rougeL": {id: ROUGE-L F}}, whose means are the metrics of the same names.
-
-    evaluate_examples scores the choice items (its `errors` are exactly the misses); the open items are
-    generated here instead, so that the per-item ROUGE-L comes from the very answers the mean does.
-    """
-    from ..data.formatting import prompt_and_target, reference
-    from ..evaluation.baselines import model_label_recalls
-    from ..evaluation.evaluate import evaluate_examples, generation_metrics, is_open_ended
-    from ..evaluation.generation import generate_answers
-    from ..evaluation.scoring import is_scorable
-
-    closed = [ex for ex in examples if not is_open_ended(ex)]
-    result = evaluate_examples(model, tokenizer, closed, max_length=max_length, progress=False)
+def file_summary(result) -> tuple[dict, dict]:
+    """(metrics, items) of one test file from its `evaluate_examples` result. items: {"accuracy" |
+    "preference_accuracy": {id: 0/1 hit}, "rougeL": {id: ROUGE-L F}, "answer_nll": {id: NLL}}, whose means are
+    the metrics of the same names; statistics pair methods and seeds on them."""
     metrics = result.scalars()
     if "source=icft-general" in result.accuracy_by:
         metrics["general_accuracy"] = result.accuracy_by["source=icft-general"]
-    metrics.update(model_label_recalls(closed, result.errors))
-    missed = {e["id"] for e in result.errors}
     items: dict[str, dict[str, float]] = {}
     for metric, kind in (("accuracy", "qa"), ("preference_accuracy", "preference")):
-        hits = {ex.id: int(ex.id not in missed) for ex in closed if ex.kind == kind and is_scorable(ex)}
+        hits = {r["id"]: r["hit"] for r in result.items if r["kind"] == kind and "hit" in r}
         if hits:
             items[metric] = hits
     scored = [hit for metric in ("accuracy", "preference_accuracy") for hit in items.get(metric, {}).values()]
     if scored:
         metrics["error_rate"] = 1 - sum(scored) / len(scored)
-
-    open_ended = [ex for ex in examples if is_open_ended(ex)]
-    if open_ended:
-        hyps = generate_answers(model, tokenizer, [prompt_and_target(ex)[0] for ex in open_ended], max_new_tokens=24,
-                                batch_size=32, max_length=max_length)  # fmt: skip
-        refs = [reference(ex) for ex in open_ended]
-        metrics.update(generation_metrics(hyps, refs, embedder))
-        items["rougeL"] = {ex.id: score for ex, score in zip(open_ended, rouge_l_items(hyps, refs))}
+    for metric in ("rougeL", "answer_nll"):
+        values = {r["id"]: r[metric] for r in result.items if metric in r}
+        if values:
+            items[metric] = values
     return metrics, items
-
-
-def rouge_l_items(hyps: list[str], refs: list[str]) -> list[float]:
-    """ROUGE-L F of each answer, as metrics.rouge computes it before taking the mean."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hyps, refs)]
 
 
 def run_dir_of(output_dir: Path, method: str, seed: int) -> Path:
@@ -233,6 +211,8 @@ def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, stat
     Writes items.json, then result.json ({"metrics", "curve", "matrix"}, also returned) last, so that a run
     with result.json is complete. Runs in a worker process.
     """
+    from ..data.formatting import resolve_template
+    from ..evaluation.evaluate import evaluate_examples
     from ..memory import Embedder
     from ..models import count_parameters
     from ..runs import load_base, load_run
@@ -254,8 +234,12 @@ def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, stat
     metrics: dict[str, float] = {}
     items: dict[str, dict] = {}
     embedder = Embedder()
+    # Tested in the prompt format it was trained in, exactly as `icft eval --run` tests it.
+    template = resolve_template(tokenizer, cfg.data.template)
     for label, examples in test_sets(config).items():
-        file_metrics, items[label] = evaluate_file(model, tokenizer, examples, embedder, cfg.model.max_length)
+        result = evaluate_examples(model, tokenizer, examples, embedder=embedder, max_length=cfg.model.max_length,
+                                   progress=False, template=template)  # fmt: skip
+        file_metrics, items[label] = file_summary(result)
         metrics.update({f"{label}/{k}": v for k, v in file_metrics.items()})
     metrics.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
     outcome = {"metrics": metrics, "curve": curve, "matrix": matrix}
@@ -407,7 +391,18 @@ def plan(jobs: list[tuple[str, int]], output_dir: Path) -> dict[tuple[str, int],
     return status
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Before anything runs: the output folder is new, empty, or an earlier comparison's (its config.yaml)."""
+    from ..io import check_output_dir as check_writable
+
+    check_writable(output_dir, "--output-dir")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / "config.yaml").is_file():
+        raise ConfigError(f"{output_dir}: not empty and not an icft compare folder (no config.yaml): give a new or "
+                          "empty --output-dir")  # fmt: skip
+
+
 def compare(config: RunConfig, output_dir: Path) -> dict:
+    check_output_dir(output_dir)
     for method in config.compare.methods:  # every method's config is checked before anything runs
         method_config(config, method, config.compare.seeds[0])
     # And every data file is read once here, so a bad file is one error before any run starts or a folder is made.

@@ -1,4 +1,4 @@
-"""The ICFT training recipe, end to end. Read `train()` top to bottom: it is the five steps below.
+"""The ICFT training recipe, end to end. Read `run_recipe()` top to bottom: it is the five steps below.
 
 1. Data and model: load the training and validation data (carving a validation split when none is
    given), the model, and wrap it in a LoRA adapter (peft).
@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import random
 import resource
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +50,10 @@ from ..data.sources import load_data, split_validation
 from ..data.tokenize import TokenizedPair, collate, encode_pair
 from ..errors import TrainingError
 from ..evaluation.stage_eval import stage_report, stage_row, validation_loss
-from ..inference.retrieval import training_contexts
 from ..io import write_json
 from ..likelihood import eval_batches, target_logits
 from ..memory import Embedder, LongTermMemory, MemoryItem, ReplaySchedule, ShortTermMemory, example_text
+from ..memory.retrieval import training_contexts
 from ..models import (
     count_parameters,
     enable_gradient_checkpointing,
@@ -64,7 +63,8 @@ from ..models import (
     resolve_target_modules,
 )
 from ..progress import MetricsLog, ProgressDisplay
-from ..regularizers import EWC, EMATeacher
+from ..regularizers import EWC, EMATeacher, FrozenBaseTeacher
+from ..runs import RunFolder, stamp
 
 
 @dataclass
@@ -218,10 +218,12 @@ class StepLosses:
 
 
 def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Example], ltm: list[MemoryItem],
-                   config: RunConfig, device, teacher: EMATeacher | None = None) -> StepLosses:  # fmt: skip
+                   config: RunConfig, device, teacher: EMATeacher | None = None,
+                   anchor: FrozenBaseTeacher | None = None) -> StepLosses:  # fmt: skip
     """Loss parts for one micro-batch, in one forward pass over new, STM-replayed and LTM-replayed rows.
 
-    The consistency targets are the LTM items' stored outputs, or with an EMA `teacher` its outputs now.
+    The consistency targets are the LTM items' stored outputs, or with an EMA `teacher` its outputs now. A
+    KL-to-base `anchor` adds the part `kl_base` over every target token of the batch.
     """
     seqs: list[TokenizedPair] = []
     rows, pairs = [], []  # row of each new example's (chosen) answer; (index in new, rejected row) of pairs
@@ -266,6 +268,7 @@ def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Ex
         if teacher_ids.shape[0] != int(on_ltm.sum()):
             raise TrainingError("stored LTM teacher outputs do not match the replayed tokens")
         parts["consistency"] = losses.consistency_kl(logits[on_ltm], teacher_ids, teacher_logprobs)
+    parts["kl_base"] = anchor.penalty(model, batch, logits) if anchor is not None else zero
     detached = nll.detach().float().cpu()
     return StepLosses(parts, detached[rows].tolist(), detached[replay_start:ltm_start].tolist(),
                       int(batch["attention_mask"].sum()))  # fmt: skip
@@ -303,18 +306,36 @@ def consolidate(model, cache: TokenCache, stm: ShortTermMemory, ltm: LongTermMem
 # The run
 
 
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
-    run_dir = Path(run_dir)
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train in `run_dir`: a new run (replacing an earlier run of the same config, or of any config with
+    `overwrite`) or, with `resume`, the run there from its last checkpoint. The main process holds the
+    folder's lock from before the model loads to the end (icft.runs.RunFolder)."""
+    folder = RunFolder(Path(run_dir), resume, overwrite)
+    try:
+        run_recipe(config, folder)
+    except BaseException:
+        folder.release(failed=True)
+        raise
+    folder.release()
+    return folder.path
+
+
+def run_recipe(config: RunConfig, folder: RunFolder) -> None:
+    run_dir, resume = folder.path, folder.resume
     accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum,
                               mixed_precision=config.train.mixed_precision, log_with="tensorboard",
                               project_dir=str(run_dir))  # fmt: skip
     say = print if accelerator.is_main_process else (lambda *a, **k: None)
+    if accelerator.is_main_process:
+        folder.check()  # before the data loads: a folder icft may not write into is refused at once
     set_seed(config.train.seed)  # the same adapter init on every process
     rng = random.Random(config.train.seed * 1000 + accelerator.process_index)  # each process draws its own batches
 
     # 1. Data and model
     train_examples, val_examples = load_training_data(config, say)
     check_stage_names(config, train_examples, say)
+    if accelerator.is_main_process:  # after check_stage_names, which may change the config that is saved
+        folder.claim(config.to_dict(), say)
     model, tokenizer = load_adapted_model(config)
     template = resolve_template(tokenizer, config.data.template)
     trainable, total = count_parameters(model)
@@ -343,9 +364,11 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
         say(f"retrieved context: {len(contexts)} of {len(train_examples)} training examples carry up to "
             f"{config.memory.retrieve_in_training} facts from the others (memory.retrieve_in_training)")  # fmt: skip
     cache = TokenCache(tokenizer, config.model.max_length, template, contexts)
-    state = start_or_resume(config, run_dir, resume, accelerator, model, optimizer, scheduler, schedule, memory, rng,
-                            say)  # fmt: skip
+    state, saved_log = start_or_resume(config, run_dir, resume, accelerator, model, optimizer, scheduler, schedule,
+                                       memory, rng, say)  # fmt: skip
     log = MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None, write=accelerator.is_main_process)
+    if saved_log is not None:  # the loss sums since the last log line: averages span the resume like no resume
+        log.load_state_dict(saved_log)
     bar = ProgressDisplay(config.train.max_steps, state.step,
                           quiet=not accelerator.is_main_process or os.environ.get("ICFT_QUIET") == "1")  # fmt: skip
     run_start = time.perf_counter() - state.wall_s
@@ -370,7 +393,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
         if state.step % config.train.save_every == 0 or state.step == config.train.max_steps:
             state.wall_s = time.perf_counter() - run_start
             save_checkpoint(run_dir, state.step, accelerator, model, optimizer, scheduler, {
-                "state": state, "schedule": schedule.state_dict(), "rng": rng_states(rng), **memory.state_dict()})
+                "state": state, "schedule": schedule.state_dict(), "rng": rng_states(rng), "metrics": log.state_dict(),
+                **memory.state_dict()})  # fmt: skip
     bar.close()
 
     # 5. Outputs
@@ -381,13 +405,12 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> Path:
                      trainable, total, log.records)  # fmt: skip
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it also takes down the process group the barrier above needs
-    return run_dir
 
 
 @dataclass
 class Memory:
     """Everything that remembers across steps besides the weights: ICFT's two memories, how many replay
-    slots each fills, and the baselines' add-ons (an EMA teacher, EWC)."""
+    slots each fills, and the baselines' add-ons (an EMA teacher, EWC, a KL anchor to the base model)."""
 
     stm: ShortTermMemory
     ltm: LongTermMemory
@@ -395,6 +418,7 @@ class Memory:
     embedder: Embedder | None
     teacher: EMATeacher | None
     ewc: EWC | None
+    anchor: FrozenBaseTeacher | None
     enabled: bool
 
     @classmethod
@@ -405,7 +429,9 @@ class Memory:
                                          mc.stm_replay if on else 0.0),
                    embedder=Embedder() if on else None,
                    teacher=EMATeacher(model, mc.ema_decay) if on and mc.teacher == "ema" else None,
-                   ewc=EWC(config.loss.ewc) if config.loss.ewc > 0 else None, enabled=on)  # fmt: skip
+                   ewc=EWC(config.loss.ewc) if config.loss.ewc > 0 else None,
+                   anchor=FrozenBaseTeacher(config.loss.kl_base, mc.teacher_top_k) if config.loss.kl_base > 0 else None,
+                   enabled=on)  # fmt: skip
 
     def state_dict(self) -> dict:
         return {"stm": self.stm.state_dict(), "ltm": self.ltm.state_dict(), "replay": self.replay.state_dict(),
@@ -421,9 +447,10 @@ class Memory:
 
 def start_or_resume(config: RunConfig, run_dir: Path, resume: bool, accelerator, model, optimizer, scheduler,
                     schedule: curriculum.StageSchedule, memory: Memory, rng: random.Random,
-                    say) -> RunState:  # fmt: skip
-    """A fresh RunState (clearing a previous run's checkpoints), or everything restored from the last checkpoint."""
-    state = RunState()
+                    say) -> tuple[RunState, dict | None]:  # fmt: skip
+    """A fresh RunState, or everything restored from the last checkpoint; and the metrics log's saved state.
+    (A new run's folder was emptied of the run before it by RunFolder.claim.)"""
+    state, saved_log = RunState(), None
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
@@ -433,15 +460,12 @@ def start_or_resume(config: RunConfig, run_dir: Path, resume: bool, accelerator,
         schedule.load_state_dict(saved["schedule"])
         memory.load_state_dict(saved)
         restore_rng_states(saved["rng"], rng)
+        saved_log = saved.get("metrics")  # absent in checkpoints of older versions
         say(f"resumed from {checkpoint} at step {state.step}")
-    elif accelerator.is_main_process and (run_dir / "checkpoints").exists():
-        say(f"starting a new run in {run_dir}: its old checkpoints are removed (use --resume to continue instead)")
-        shutil.rmtree(run_dir / "checkpoints")
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     accelerator.init_trackers("tensorboard")
-    return state
+    return state, saved_log
 
 
 def train_step(model, optimizer, accelerator, cache: TokenCache, memory: Memory, schedule: curriculum.StageSchedule,
@@ -449,12 +473,13 @@ def train_step(model, optimizer, accelerator, cache: TokenCache, memory: Memory,
                run_dir: Path) -> tuple[dict, int]:  # fmt: skip
     """One micro-batch: new examples, STM and LTM replay; the loss parts; backward and (when due) an update."""
     weights = {"task": config.loss.task, "consistency": config.loss.consistency, "finetune": config.loss.finetune,
-               "ewc": 1.0}  # the EWC term carries its own weight (loss.ewc)
+               "ewc": 1.0, "kl_base": 1.0}  # these two terms carry their own weights (loss.ewc, loss.kl_base)
     with accelerator.accumulate(model):
         n_ltm, n_stm = memory.replay.counts(len(memory.ltm) > 0, len(memory.stm) > 0)
         ltm_items, replayed = memory.ltm.sample(n_ltm, rng), memory.stm.sample_hard(n_stm, rng)
         new = schedule.sample(step, config.train.batch_size - n_ltm - n_stm)
-        out = compute_losses(model, cache, new, replayed, ltm_items, config, accelerator.device, memory.teacher)
+        out = compute_losses(model, cache, new, replayed, ltm_items, config, accelerator.device, memory.teacher,
+                             memory.anchor)  # fmt: skip
         penalty = memory.ewc.penalty(accelerator.unwrap_model(model)) if memory.ewc else None
         out.parts["ewc"] = penalty if penalty is not None else out.parts["task"].new_zeros(())
         total_loss = losses.weighted_total(out.parts, weights)
@@ -533,7 +558,9 @@ def save_outputs(run_dir: Path, model, trained: dict, tokenizer, config: RunConf
         # LoRA: the gathered trainable weights are the adapter (the same tensors, or under FSDP their full form).
         model.save_pretrained(tmp, **({"state_dict": trained} if weights == "adapter" else {}))
         tokenizer.save_pretrained(tmp)
+        stamp(tmp, run_dir)  # the config it was trained under: icft eval refuses it beside another config
     ltm.save(run_dir / "memory")
+    stamp(run_dir / "memory", run_dir)
     write_json(run_dir / "stage_eval.json", {**stage_report([s.name for s in stages], state.stage_rows),
                                              "curve": state.curve})  # fmt: skip
     write_json(run_dir / "summary.json", {

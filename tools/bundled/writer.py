@@ -8,8 +8,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..data.schema import YES_NO_MAYBE, Example
-from ..evaluation.baselines import shared_words
+from icft.data.schema import YES_NO_MAYBE, Example
+from icft.evaluation.baselines import shared_words
+
 from .text import (
     capitalize,
     is_generic,
@@ -98,6 +99,14 @@ BABY_ONSETS = {
         ("which began a few days ago", "It started a few days ago."),
     ],
 }
+
+
+def known(row: dict, field: str) -> list[str]:
+    """Every value the table gives a condition for `field`, whether its examples say it or not (a training
+    condition's values that name a held-out one are set aside under "unsaid": generate.without_names). What
+    decides whether another condition's value or name could also be right here, so that a value left unsaid
+    still keeps its look-alikes out of the wrong options."""
+    return row[field] + row.get("unsaid", {}).get(field, [])
 
 
 @dataclass
@@ -218,7 +227,7 @@ class ConditionWriter:
         self.name = mid_sentence(condition["name"])
         self.slug = slugify(condition["name"])
         self.name_tokens = tokens(condition["name"])
-        self.cause_tokens = frozenset().union(*(tokens(v) for v in condition["causes"]))
+        self.cause_tokens = frozenset().union(*(tokens(v) for v in known(condition, "causes")))
         self.examples: list[Example] = []
         self._counts: Counter = Counter()
         self._candidates: dict = {}
@@ -270,7 +279,7 @@ class ConditionWriter:
         key = (field, same_specialty)
         if key not in self._candidates:
             related = {"symptoms": ["red_flags"], "tests": ["causes"], "treatments": ["causes", "symptoms"]}
-            own = self.c[field] + [v for other_field in related.get(field, []) for v in self.c[other_field]]
+            own = known(self.c, field) + [v for f in related.get(field, []) for v in known(self.c, f)]
             own_tokens = self.name_tokens.union(*(tokens(v) for v in own))
             seen, candidates = set(), []
             for value, lowered, value_tokens, other in self.table.specific[field]:
@@ -309,9 +318,9 @@ class ConditionWriter:
         def allowed(other: dict) -> bool:
             if other is self.c or tokens(other["name"]) & self.name_tokens or self.is_cause(other):
                 return False
-            if any(self.name_tokens & tokens(cause) for cause in other["causes"]):
+            if any(self.name_tokens & tokens(cause) for cause in known(other, "causes")):
                 return False
-            other_tokens = symptom_tokens(tuple(other["symptoms"]))
+            other_tokens = symptom_tokens(tuple(known(other, "symptoms")))
             return not (shown and all(t & other_tokens for t in shown))
 
         return [o for o in self.all if allowed(o)]
@@ -468,12 +477,12 @@ class ConditionWriter:
             self.rng.shuffle(pairs)
             for pair in pairs:
                 shown = [tokens(s) for s in pair]
-                if not any(all(t & symptom_tokens(tuple(o["symptoms"])) for t in shown)
+                if not any(all(t & symptom_tokens(tuple(known(o, "symptoms"))) for t in shown)
                            for o in self.all if o is not self.c):  # fmt: skip
                     symptoms = list(pair)
                     break
         elif label == "no":
-            mine = symptom_tokens(tuple(self.c["symptoms"] + self.c["red_flags"]))
+            mine = symptom_tokens(tuple(known(self.c, "symptoms") + known(self.c, "red_flags")))
             other = self.other_conditions(1)[0]
             theirs = [s for s in other["symptoms"] if not tokens(s) & mine and not is_generic("symptoms", s)]
             if theirs:
@@ -481,7 +490,7 @@ class ConditionWriter:
         else:
             shared = [
                 s for s in self.c["symptoms"]
-                if any(o is not self.c and s.lower() in symptom_set(tuple(o["symptoms"])) for o in self.all)
+                if any(o is not self.c and s.lower() in symptom_set(tuple(known(o, "symptoms"))) for o in self.all)
             ]  # fmt: skip
             symptoms = [self.rng.choice(shared)] if shared else None
         if not symptoms:

@@ -1,4 +1,5 @@
-"""Retrieval from a run's long-term memory (and a user's knowledge file) at answer time.
+"""Retrieval from a run's long-term memory (and a user's knowledge file) at answer time, and from the
+training data itself while training (`training_contexts`).
 
 The LTM a run consolidated is a store of short facts the model was trained on; putting the ones nearest
 to a question into the prompt reminds the model of them (retrieval-augmented generation, Lewis et al.
@@ -16,6 +17,8 @@ For a qa item the fact is its question and answer, for text the text, for a pref
 the chosen answer, for a dialogue the patient's turns and the doctor's reply. Facts are added best first
 while the prompt fits its token budget; the one that does not fit is cut to whole words, the rest dropped.
 The question (and the room for the answer) is never cut for context.
+
+It lives with the memory, below training, evaluation and serving, which all put retrieved facts in prompts.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from ..data.formatting import candidates, is_open_ended, prompt_and_target
+from ..data.kinds import context_block as context_block  # the block's text lives with the kinds that place it
+from ..data.kinds import is_choice, kind_of
 from ..data.schema import Example
-from ..memory import Embedder, LongTermMemory, example_text
+from .embedder import Embedder, example_text
+from .long_term import LongTermMemory
 
 # Exact search (one matrix product) is faster than building an index for small stores; past this size a
 # faiss index answers in the same time with less temporary memory.
@@ -57,18 +64,7 @@ class Hit:
 
 def fact_text(ex: Example) -> str:
     """The short fact an example contributes to a Context block, on one line."""
-    if ex.kind == "text":
-        text = ex.text
-    elif ex.kind == "qa":
-        answer = ex.options[ex.answer] if ex.options else ex.answer
-        text = f"{ex.question} {answer}"
-    elif ex.kind == "preference":
-        text = f"{ex.prompt} {ex.chosen}"
-    elif ex.kind == "dialogue":
-        text = " ".join(t["content"] for t in ex.turns)
-    else:
-        raise ValueError(f"unknown kind {ex.kind!r}")
-    return " ".join(text.split())
+    return kind_of(ex).fact(ex)
 
 
 class Retriever:
@@ -159,11 +155,6 @@ class Retriever:
         return out
 
 
-def context_block(facts: list[str]) -> str:
-    """'Context: f1\\nf2' (no trailing newline): the text qa_prompt puts after 'Context: '."""
-    return "Context: " + "\n".join(facts) if facts else ""
-
-
 def fit_facts(
     facts: list[str], render: Callable[[list[str]], str], count: Callable[[str], int], budget: int
 ) -> list[str]:
@@ -200,34 +191,19 @@ def with_context(ex: Example, facts: list[str]) -> Example:
     question ("Question: Context: ...") / the last patient turn, the one being answered ("Patient: Context:
     ..."), as `icft chat` and `icft serve` place it. text examples are returned unchanged (nothing is asked).
     """
-    if not facts or ex.kind == "text":
-        return ex
-    lines = "\n".join(facts)
-    if ex.kind == "qa":
-        return dataclasses.replace(ex, context=lines + (f"\n{ex.context}" if ex.context else ""))
-    if ex.kind == "preference":
-        return dataclasses.replace(ex, prompt=f"{context_block(facts)}\n{ex.prompt}")
-    if ex.kind == "dialogue":
-        turns = [dict(t) for t in ex.turns]
-        last = max((i for i, t in enumerate(turns[:-1]) if t["role"] == "user"), default=0)
-        turns[last]["content"] = f"{context_block(facts)}\n{turns[last]['content']}"
-        return dataclasses.replace(ex, turns=turns)
-    raise ValueError(f"unknown kind {ex.kind!r}")
+    return kind_of(ex).with_context(ex, facts) if facts else ex
 
 
 def prompt_budget(tokenizer: Any, ex: Example, max_length: int, max_new_tokens: int) -> int:
     """Prompt tokens allowed for `ex` so that its answer (longest candidate, or the generation room) fits."""
-    from ..data.formatting import candidates
-    from ..evaluation.evaluate import is_open_ended
-
     bos = 1 if tokenizer.bos_token_id is not None else 0
     if is_open_ended(ex):
         answer = max_new_tokens
-    elif ex.kind in ("qa", "preference"):
+    elif is_choice(ex):
         _, options, _ = candidates(ex)
         answer = max(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in options)
     else:
-        answer = 0
+        answer = 0  # text: nothing is asked
     return max_length - bos - answer
 
 
@@ -239,12 +215,10 @@ def add_retrieved_context(
     Scoring and generation both read prompts from the examples (`formatting`), so both see the context.
     A hit whose fact was dropped to fit is not reported.
     """
-    from ..data.formatting import prompt_and_target
-
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
-    askable = [ex for ex in examples if ex.kind != "text"]
+    askable = [ex for ex in examples if kind_of(ex).asks]
     found = retriever.search([example_text(ex) for ex in askable], k, exclude=[ex.id for ex in askable])
     hits_by_id = {id(ex): hits for ex, hits in zip(askable, found)}
     out_examples, out_hits = [], []
@@ -272,19 +246,17 @@ def training_contexts(
     example never retrieves itself, so its answer is not handed to it. Facts are fitted so that the whole
     answer (the longer side of a preference pair) still fits `max_length`: context is cut, never the answer.
     """
-    from ..data.formatting import prompt_and_target
-
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     embedder = embedder or Embedder()
     facts = [Fact(ex.id, fact_text(ex), "training") for ex in examples]
     retriever = Retriever(facts, embedder.encode([example_text(ex) for ex in examples]), embedder)
-    askable = [ex for ex in examples if ex.kind != "text"]
+    askable = [ex for ex in examples if kind_of(ex).asks]
     found = retriever.search([example_text(ex) for ex in askable], k, exclude=[ex.id for ex in askable])
     out = {}
     for ex, hits in zip(askable, found):
-        sides = ("chosen", "rejected") if ex.kind == "preference" else ("chosen",)
+        sides = kind_of(ex).sides  # a preference pair trains on both answers
         answer = max(count(prompt_and_target(ex, tokenizer, template, side)[1]) for side in sides) + 2  # BOS, EOS
 
         def render(fs: list[str], ex: Example = ex) -> str:
@@ -294,6 +266,24 @@ def training_contexts(
         if kept:
             out[ex.id] = with_context(ex, kept)
     return out
+
+
+def load_retriever(run: str | Path | None, knowledge: list[str] | None, k: int) -> Retriever | None:
+    """The run's memory/ plus knowledge files, or None when retrieval is off (k == 0). Raises ValueError (a
+    bad knowledge file's DataError is one) with a one-line message for the user."""
+    if k <= 0:
+        if knowledge:
+            raise ValueError("--knowledge needs --retrieve K (how many facts to put in each prompt)")
+        return None
+    memory = Path(run) / "memory" if run else None
+    if memory is not None and not (memory / "memory.jsonl").is_file():
+        raise ValueError(f"{memory}: no long-term memory there (memory.jsonl) to retrieve from")
+    if memory is None and not knowledge:
+        raise ValueError("--retrieve needs a run's memory (--run) or a knowledge file (--knowledge PATH)")
+    try:
+        return Retriever.from_sources(memory, knowledge)
+    except OSError as error:
+        raise ValueError(str(error)) from None
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ Five files measure two different things:
 - ``train``: the training conditions (about 70%) and general facts;
 - ``validation-unseen`` / ``test-unseen``: conditions and facts never seen in training (about 15% each), for
   transfer. No training example names them or quotes their facts: training wrong options come only from
-  training conditions;
+  training conditions, and a training condition's table value that names a held-out condition or fact
+  ("atrial fibrillation" among heart failure's causes) is left out of its examples (`without_names`);
 - ``validation-retention`` / ``test-retention``: question instances about training conditions and facts that
   are held out of training while the facts they ask about are taught there (fact texts, other question
   forms), for retention and forgetting.
@@ -25,7 +26,7 @@ byte-identical files, and editing one condition does not reshuffle the others.
 The templates for one condition live in ``writer.py``; ``text.py`` decides which phrases overlap, so that a
 wrong option or a rejected answer is never also right for the condition asked about.
 
-Usage: python -m icft.bundled.generate [--out DIR] [--seed N]
+Usage, from the repository root: python -m tools.bundled.generate [--out DIR] [--seed N]
 """
 
 from __future__ import annotations
@@ -34,18 +35,21 @@ import argparse
 import hashlib
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
-from ..data.schema import Example
-from ..evaluation.baselines import option_word_model
-from ..io import write_jsonl
-from . import DATA_DIR, PACKAGE_DIR, SPLITS
+from icft.bundled import DATA_DIR, SPLITS
+from icft.data.schema import Example
+from icft.evaluation.baselines import option_word_model
+from icft.io import write_jsonl
+
 from .text import capitalize, predicate, slugify
 from .writer import MEDICAL_SOURCE, ONSETS, POPULATIONS, STAGES, ConditionWriter, LookAlikePicker, Table
 
-KNOWLEDGE_FILE = PACKAGE_DIR / "knowledge.json"
-GENERAL_FILE = PACKAGE_DIR / "general.json"
+TABLES_DIR = Path(__file__).resolve().parent
+KNOWLEDGE_FILE = TABLES_DIR / "knowledge.json"
+GENERAL_FILE = TABLES_DIR / "general.json"
 LIST_FIELDS = ("symptoms", "causes", "tests", "treatments", "red_flags")
 GENERAL_SOURCE = "icft-general"
 HELD_OUT_FRACTION = 0.15  # of each specialty (or general domain), once for validation and once for test
@@ -92,6 +96,46 @@ def assign_splits(keys_by_group: dict[str, list[str]]) -> dict[str, str]:
         for i, key in enumerate(keys):
             split_of[key] = "test" if i < n_held else "validation" if i < 2 * n_held else "train"
     return split_of
+
+
+def name_pattern(names: list[str]) -> re.Pattern:
+    """Any of `names` as a whole word or phrase, in any case."""
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
+
+
+def without_names(condition: dict, names: re.Pattern) -> dict:
+    """A training condition's row whose values that name a held-out condition or fact are set aside under
+    "unsaid": its examples never say them (training text never names what the unseen files ask about), while
+    the checks of what else could be right for it still count them (`writer.known`)."""
+    row = dict(condition, unsaid={})
+    for field in LIST_FIELDS:
+        said = [v for v in condition[field] if not names.search(v)]
+        if len(said) < (3 if field == "symptoms" else 1):  # a vignette shows up to 3 symptoms
+            raise ValueError(f"{condition['name']}: too few {field} left that name no held-out condition or fact")
+        if len(said) < len(condition[field]):
+            row[field] = said
+            row["unsaid"][field] = [v for v in condition[field] if v not in said]
+    return row
+
+
+def named(files: dict[str, list[Example]], names: re.Pattern) -> list[tuple[str, str]]:
+    """(example id, name) for every name found in any field of the training and retention files."""
+    found = []
+    for file in ("train", *RETENTION.values()):
+        for ex in files[file]:
+            matches = {m.lower() for text in _strings(ex.to_dict()) for m in names.findall(text)}
+            found += [(ex.id, match) for match in sorted(matches)]
+    return found
+
+
+def _strings(value) -> list[str]:
+    """Every string in a JSON-like value (an example's fields, its turns, options and meta)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [s for v in value for s in _strings(v)] if isinstance(value, list) else []
 
 
 def general_examples(fact: dict, split: str, seed: int, index: int = 0) -> dict[str, list[Example]]:
@@ -155,6 +199,12 @@ def generate(seed: int = 0) -> dict[str, list[Example]]:
             index[key] = counters[split_of[key]]
             counters[split_of[key]] += 1
 
+    held_out_names = name_pattern(
+        [c["name"] for c in conditions if condition_split[c["name"]] != "train"]
+        + [f["subject"] for f in facts if fact_split[f["subject"]] != "train"]
+    )
+    conditions = [without_names(c, held_out_names) if condition_split[c["name"]] == "train" else c for c in conditions]
+
     files: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for f in facts:
         for file, examples in general_examples(f, fact_split[f["subject"]], seed, index[f["subject"]]).items():
@@ -183,6 +233,9 @@ def generate(seed: int = 0) -> dict[str, list[Example]]:
         writer.picker = picker
         for file, probes in writer.probes().items():
             files[file].extend(probes)
+    leaks = named(files, held_out_names)  # a definition or a general fact can still name one: fix the table
+    if leaks:
+        raise ValueError(f"{len(leaks)} training or retention examples name a held-out condition or fact: {leaks[:5]}")
     return files
 
 

@@ -1,0 +1,100 @@
+"""`icft serve` as a real subprocess on a free loopback port, for the tests/test_serve_*.py modules.
+
+The model is a random-weight Llama (2 layers, width 32) whose context is 2048 tokens, so that an answer can be
+made long enough to drop, stop or time out mid-way, and whose weights are large enough (initializer_range 0.2)
+that greedy answers vary from token to token instead of repeating one, and which never ends an answer early;
+the knowledge file gives retrieval something to find.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from _inference_run import knowledge_file
+
+
+def long_llama(folder: Path, bert_tokenizer) -> Path:
+    """A tiny random Llama with a 2048-token context and the embedded default's tokenizer, saved to `folder`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(bert_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                         pad_token_id=bert_tokenizer.pad_token_id, tie_word_embeddings=True,
+                         initializer_range=0.2)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a zero output row: EOS ([SEP]) never wins greedy decoding, so answers run to max_tokens
+        model.get_output_embeddings().weight[bert_tokenizer.sep_token_id] = 0
+    model.save_pretrained(folder)
+    bert_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running `icft serve --model MODEL --model-name tiny ...`; `stop()` sends SIGTERM to its pid."""
+
+    def __init__(self, model: Path, folder: Path, *extra: str, retrieve: bool = True, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / f"server-{self.port}.log"
+        cmd = [sys.executable, "-m", "icft", "serve", "--model", str(model), "--model-name", "tiny",
+               "--port", str(self.port), *extra]  # fmt: skip
+        if retrieve:
+            cmd += ["--knowledge", str(knowledge_file(folder)), "--retrieve", "2"]
+        with self.log.open("w") as out:
+            # one thread: a width-32 model gains nothing from two, and on a busy machine two threads that wait
+            # for each other make each token ten times slower
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail("server exited: " + self.log.read_text()[-3000:])
+            try:
+                if request(f"{self.url}/health")[0] == 200:
+                    return
+            except OSError:  # not listening yet
+                time.sleep(0.3)
+        self.proc.kill()
+        pytest.fail("server did not start: " + self.log.read_text()[-3000:])
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        os.kill(self.proc.pid, signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal so that the exit status tells what stopped it
+        assert self.proc.wait(timeout=30) in (0, -signal.SIGTERM), self.output()[-3000:]
+
+
+def request(
+    url: str, body: dict | bytes | None = None, headers: dict | None = None, method: str | None = None, timeout=60
+) -> tuple[int, dict, dict]:
+    """(status, headers, JSON body) of a request; a dict body is sent as application/json."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    sent = {"content-type": "application/json"} if data is not None else {}
+    req = urllib.request.Request(url, data=data, headers={**sent, **(headers or {})}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read() or b"{}")
