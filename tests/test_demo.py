@@ -59,7 +59,8 @@ def test_summary_calls_a_change_inside_its_interval_noise_and_says_which_way_the
             demo.Row("medquad", "answer_nll", 12, 2.40, 2.00, -0.60, -0.20),
             demo.Row("mediqa2019", "preference_accuracy", 16, 0.50, 0.25, -0.45, -0.05, 0.5, "random"),
             demo.Row("pubmedqa", "macro_f1", 30, 0.30, 0.35)]  # fmt: skip
-    lines = demo.summary(rows, {"stages": ["general"], "nll_matrix": [[2.0]]}, {"steps": 9, "tokens": 900})
+    stage_eval = {"stages": ["general", "clinical"], "nll_matrix": [[2.0, 3.0], [2.5, 1.0]]}
+    lines = demo.summary(rows, stage_eval, {"steps": 9, "tokens": 900})
     text = "\n".join(lines)
     assert "pubmedqa accuracy on 30 held-out items: no change beyond noise" in text
     assert "above answering without a model (majority 0.550)" in text
@@ -67,6 +68,7 @@ def test_summary_calls_a_change_inside_its_interval_noise_and_says_which_way_the
     assert "mediqa2019 preference_accuracy on 16 held-out items: worse after training" in text
     assert "at or below answering without a model (random 0.500)" in text
     assert "no per-item interval" in text and "one seed" in text
+    assert "2.000 right after it and 2.500 at the end; it rose" in text
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not beside this checkout")

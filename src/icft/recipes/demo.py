@@ -55,7 +55,7 @@ class Sizes:
 
     train: int = 160  # training pool per real source (the curriculum draws the easiest share first)
     validation: int = 12  # per real source, for the stage matrices
-    test: dict[str, int] = field(default_factory=lambda: {"pubmedqa": 24, "medquad": 12})
+    test: dict[str, int] = field(default_factory=lambda: {"pubmedqa": 40, "medquad": 16})
     bundled_test: int = 8  # held-out retention probes per stage, bundled curriculum
     # Items longer than this (words) are left out, so that they fit model.max_length whole; PubMedQA keeps its
     # question and the end of its abstract (the results) when the prompt is cut from the start.
@@ -311,15 +311,16 @@ def summary(rows: list[Row], stage_eval: dict, train_summary: dict) -> list[str]
 
 
 def _forgetting_lines(stage_eval: dict) -> list[str]:
-    """The first stage's validation answer NLL right after it and at the end: did later stages erase it?"""
+    """The first stage's validation answer NLL right after it and at the end: did later stages undo it?"""
     nll = stage_eval.get("nll_matrix") or []
     stages = stage_eval.get("stages") or []
     if len(nll) < 2 or nll[0][0] is None or nll[-1][0] is None:
         return []
-    rise = nll[-1][0] - nll[0][0]
-    return [f"- Forgetting: the first stage's ({stages[0]}) validation answer NLL went {nll[0][0]:.3f} -> "
-            f"{nll[-1][0]:.3f} ({rise:+.3f}) while the later stages trained (stage_eval.json; a few validation "
-            "items, no interval)."]  # fmt: skip
+    after, end = nll[0][0], nll[-1][0]
+    what = ("the later stages did not undo it here" if end <= after else
+            "it rose while the later stages trained: some of it was forgotten")  # fmt: skip
+    return [f"- The first stage ({stages[0]}): its validation answer NLL was {after:.3f} right after it and "
+            f"{end:.3f} at the end; {what} (a few validation items, stage_eval.json; no interval)."]
 
 
 # ----------------------------------------------------------------------------------------------------
