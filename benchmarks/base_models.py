@@ -22,6 +22,8 @@ answer (summed NLL / characters), which two tokenizers share.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import random
@@ -98,12 +100,18 @@ def floors(examples: list) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def score_model(name: str, files: dict[str, list], max_length: int, batch_size: int) -> dict:
-    """Per file: per-item hits and answer NLLs, the metrics, and the seconds it took."""
+def score_model(name: str, files: dict[str, list], max_length: int, batch_size: int, work: Path | None) -> dict:
+    """Per file: per-item hits and answer NLLs, the metrics, and the seconds it took. Each file's result is
+    kept in `work` (keyed by the model, the items and max_length) and reused by a later run."""
     model, tokenizer = load_model(name)
     template = resolve_template(tokenizer, "auto")
     out = {"template": template, "files": {}}
     for file, examples in files.items():
+        key = hashlib.sha256(json.dumps([name, max_length, [ex.id for ex in examples]]).encode()).hexdigest()[:16]
+        kept = work / f"{name.replace('/', '--')}-{file}-{key}.json" if work else None
+        if kept and kept.exists():
+            out["files"][file] = json.loads(kept.read_text())
+            continue
         start = time.perf_counter()
         # MedQuAD is scored for answer NLL only: one generated token keeps the generation pass cheap.
         result = evaluate_examples(model, tokenizer, examples, max_length=max_length, batch_size=batch_size,
@@ -122,6 +130,8 @@ def score_model(name: str, files: dict[str, list], max_length: int, batch_size: 
             "nll_per_char": [v * k / c for v, k, c in zip(nll, n_tokens, chars)],
             "metrics": {k: v for k, v in result.scalars().items() if k in CHOICE_METRICS},
         }
+        if kept:
+            write_json(kept, out["files"][file])
         print(f"  {name} {file}: {len(examples)} items, {seconds:.0f} s", file=sys.stderr, flush=True)
     del model
     return out
@@ -164,11 +174,11 @@ def fmt_ci(value: float, ci: tuple[float, float], digits: int = 3) -> str:
 
 def tables(summary: dict, names: list[str]) -> str:
     choice = [f for f, row in summary.items() if "floors" in row]
+    gap = [f"{names[0]} - {names[1]} [95% CI]"] if len(names) == 2 else []
+    header = ["file", "n", *names, *FLOORS, *gap]
     lines = ["Accuracy (preference accuracy on mediqa2019) with its 95% Wilson interval over items; floors on the "
              "same items; * = the interval's low end is above the best floor.", "",
-             "| file | n | " + " | ".join(names) + " | random | majority | position | longer | "
-             + (f"{names[0]} - {names[1]} [95% CI]" if len(names) == 2 else "") + " |",
-             "|---|---:|" + "---:|" * (len(names) + 4) + ("---:|" if len(names) == 2 else "")]  # fmt: skip
+             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]  # fmt: skip
     for file in choice:
         row = summary[file]
         cells = [fmt_ci(row["models"][n]["accuracy"], row["models"][n]["accuracy_ci"])
@@ -200,6 +210,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="seed of the fixed samples")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--work-dir", default="runs/base-models", help="each model's finished files, reused")
     parser.add_argument("--out", help="write results.json and report.md in this folder")
     args = parser.parse_args()
     for option in ("max_examples", "medquad_sample"):
@@ -215,7 +226,9 @@ def main() -> int:
     files = load_files(data, args.max_examples, args.medquad_sample, args.seed)
     start = time.perf_counter()
     try:
-        scored = {name: score_model(name, files, args.max_length, args.batch_size) for name in names}
+        work = Path(args.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        scored = {name: score_model(name, files, args.max_length, args.batch_size, work) for name in names}
     except (OSError, ValueError) as err:  # an unknown model name or a folder that is not a model
         print(f"error: {err}".splitlines()[0], file=sys.stderr)
         return 2

@@ -171,3 +171,15 @@ def test_targets_that_fill_max_length_score_as_before(tiny_llama):
         fast = score_pairs(model, tokenizer, pairs, max_length=max_length, template="chat")
         slow = score_pairs(model, tokenizer, pairs, max_length=max_length, template="chat", share_prompts=False)
         assert close(fast, slow)
+
+
+def test_shared_prompts_near_the_position_limit(minilm):
+    """A long prompt with short answers batched with a short prompt with long answers: the short answers'
+    padding must not take positions past the model's limit (BERT's absolute position embeddings: 512)."""
+    model, tokenizer = minilm
+    long_prompt = "word " * 490
+    answer = " ".join(f"w{i}" for i in range(150))
+    pairs = [(long_prompt, " a b"), (long_prompt, " c d e"), ("Q?", " " + answer), ("Q?", " x " + answer)]
+    fast = score_pairs(model, tokenizer, pairs, max_length=512)
+    slow = score_pairs(model, tokenizer, pairs, max_length=512, share_prompts=False)
+    assert close(fast, slow)

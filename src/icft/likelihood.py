@@ -193,7 +193,8 @@ def _score_shared(model, sequences, chunk: list[list[int]], pad_id: int, device,
     inputs = {
         "input_ids": ids,
         "attention_mask": torch.cat([prompt["attention_mask"][group_of], mask], 1),
-        "position_ids": lengths[group_of, None] + torch.arange(ids.shape[1]),
+        # padding gets position 0: past a row's end a position could exceed a model's limit (absolute embeddings)
+        "position_ids": (lengths[group_of, None] + torch.arange(ids.shape[1])) * mask,
         "logits_to_keep": keep,
     }
     cache_arg = "cache" if "cache" in inspect.signature(_inner_model(model).forward).parameters else "past_key_values"
