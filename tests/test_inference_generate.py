@@ -8,6 +8,7 @@ import pytest
 from _inference_run import trained_run
 
 from icft.cli import main
+from icft.data.prompt_format import PromptFormat
 from icft.inference.generate import Engine, InputError, cut_at_stop
 from icft.models import load_model
 
@@ -59,7 +60,10 @@ def test_chat_prompt_uses_the_template_or_patient_doctor(tiny_llama_dir):
                 {"role": "user", "content": "A week."}]  # fmt: skip
     assert engine.chat_text(messages) == "Patient: I cough.\nDoctor: Since when?\nPatient: A week.\nDoctor:"
     tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
-    assert engine.chat_text(messages) == "<user>I cough.<assistant>Since when?<user>A week.<assistant>"
+    chat = Engine(model, tokenizer, name="llama")  # a base model is asked as its tokenizer calls for (auto)
+    assert chat.chat_text(messages) == "<user>I cough.<assistant>Since when?<user>A week.<assistant>"
+    plain = Engine(model, tokenizer, name="llama", fmt=PromptFormat(tokenizer, "plain"))  # e.g. a run trained plain
+    assert plain.chat_text(messages) == engine.chat_text(messages)
 
 
 def test_prompt_too_long_is_refused_or_cut(tiny_llama_dir):

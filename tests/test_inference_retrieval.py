@@ -9,6 +9,7 @@ import pytest
 from _inference_run import knowledge_file, trained_run
 
 from icft.data.formatting import prompt_and_target, qa_prompt
+from icft.data.prompt_format import PromptFormat
 from icft.data.schema import DataError, Example
 from icft.data.tokenize import encode_pair
 from icft.memory import Embedder, LongTermMemory
@@ -161,17 +162,17 @@ def test_training_contexts_come_from_other_examples_and_never_cut_the_answer(ber
         Example(id="p-insulin", kind="preference", source="t", prompt="Which organ makes insulin?",
                 chosen="The pancreas makes insulin.", rejected="The heart makes insulin, mostly at night."),
     ]  # fmt: skip
-    wide = training_contexts(examples, 1, bert_tokenizer, "plain", max_length=256, embedder=embedder)
+    wide = training_contexts(examples, 1, PromptFormat(bert_tokenizer, "plain", 256), embedder=embedder)
     assert set(wide) == {"q-insulin", "q-kidney", "p-insulin"}  # text asks nothing: no context
     assert wide["q-kidney"].context == fact_text(examples[1])  # the taught fact is the nearest other example
     for ex in examples:
         if ex.id in wide:  # an example never sees its own answer as context
             assert fact_text(ex) not in prompt_and_target(wide[ex.id])[0]
 
-    roomy = training_contexts(examples, 2, bert_tokenizer, "plain", max_length=256, embedder=embedder)
-    tight = training_contexts(examples, 2, bert_tokenizer, "plain", max_length=60, embedder=embedder)
+    roomy = training_contexts(examples, 2, PromptFormat(bert_tokenizer, "plain", 256), embedder=embedder)
+    tight = training_contexts(examples, 2, PromptFormat(bert_tokenizer, "plain", 60), embedder=embedder)
     assert len(tight["q-insulin"].context) < len(roomy["q-insulin"].context)  # the context is what gets cut
-    cache = TokenCache(bert_tokenizer, 60, "plain", tight)
+    cache = TokenCache(PromptFormat(bert_tokenizer, "plain", 60), tight)
     for ex in examples:
         for side in ("chosen", "rejected") if ex.kind == "preference" else ("chosen",):
             prompt, target = prompt_and_target(tight.get(ex.id, ex), bert_tokenizer, "plain", side)

@@ -21,8 +21,9 @@ LAYERS = (
     ("errors",),  # the errors a user sees in one line: light, only the data schema's error below them
     ("io", "models", "losses", "likelihood"),
     ("config", "progress", "regularizers"),  # regularizers: the anchors training adds, built on the losses
-    ("runs",),  # a run folder: its config, adapter and base model
-    ("checkpoint", "memory", "curriculum"),  # memory also holds retrieval (memory/retrieval.py)
+    ("memory", "curriculum"),  # memory also holds retrieval (memory/retrieval.py)
+    ("runs",),  # a run folder: its config, prompt format, adapter, base model and long-term memory
+    ("checkpoint",),  # a run folder's checkpoints/
     ("evaluation", "inference"),  # scoring a model and serving it: side by side
     ("recipes", "data_commands", "init_config"),  # training and comparing; the data and init commands
     ("cli", "demo"),  # demo: recipes/demo.py, see OWN_UNIT

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from icft import losses
 from icft.config import load_config
+from icft.data.prompt_format import PromptFormat
 from icft.data.schema import Example
 
 
@@ -78,7 +79,7 @@ def test_gradients_reach_only_trainable_parameters(tiny_llama_dir):
 
     config = load_config(None, ["peft.r=4", f"model.name={tiny_llama_dir}"])
     model, tokenizer = load_adapted_model(config)
-    batcher = TokenCache(tokenizer, 48, "plain")
+    batcher = TokenCache(PromptFormat(tokenizer, "plain", 48))
     new = [Example("a", "qa", "s", question="Q?", options=["x", "y"], answer=1),
            Example("b", "preference", "s", prompt="P?", chosen="good", rejected="bad")]
     replay = [Example("c", "text", "s", text="Some replayed text here.")]

@@ -13,6 +13,7 @@ from test_train import overrides
 
 from icft.cli import main
 from icft.config import load_config
+from icft.data.prompt_format import PromptFormat
 from icft.data.schema import Example
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def test_consistency_only_training_keeps_ltm_outputs_where_they_were(tiny_llama_
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    cache = TokenCache(tokenizer, 48, "plain")
+    cache = TokenCache(PromptFormat(tokenizer, "plain", 48))
     examples = [Example(f"e{i}", "qa", "s", question=f"What is fact {i}?", answer=f"It is number {i} of many.")
                 for i in range(6)]  # fmt: skip
     ltm = LongTermMemory(10, "reservoir")

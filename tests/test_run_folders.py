@@ -106,7 +106,8 @@ def test_runs_of_another_config_and_a_mixed_folder(tiny_llama_dir, staged_data, 
         interrupt_after_checkpoint(m, 3)
         assert main(["train", *other, "--overwrite", "--output-dir", str(run)]) == 130
     out = capsys.readouterr().out
-    assert "removed the earlier run's config.yaml, checkpoints, tensorboard, metrics.jsonl, adapter, memory" in out
+    removed = "config.yaml, prompt_format.json, checkpoints, tensorboard, metrics.jsonl, adapter, memory"
+    assert f"removed the earlier run's {removed}" in out
     assert not (run / "adapter").exists() and not (run / "memory").exists()
     assert (run / "notes.txt").read_text() == "the user's notes\n"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000003"]

@@ -4,6 +4,7 @@ runs/<name>/
   .icft-run.json     written first: marks the folder as icft's, with the config's hash and the names icft owns
   .icft-run.lock     locked (flock) by the process training in the folder, for as long as it runs
   config.yaml        the resolved run config
+  prompt_format.json the prompt format it trained in (template, max_length): how it is asked and served
   adapter/ | model/  LoRA adapter (on top of config's model.name) | the whole model (full fine-tuning)
   memory/            the long-term memory (memory.jsonl + tensors.pt)
   metrics.jsonl, stage_eval.json, summary.json, checkpoints/, tensorboard/
@@ -11,6 +12,9 @@ runs/<name>/
 icft writes only into a new or empty folder, or one with its marker, and removes only the names the marker
 lists (RUN_ENTRIES), never a user's file. adapter/, model/ and memory/ each carry the hash of the config
 they were trained under, so a folder whose config.yaml moved on without them is refused, not evaluated.
+
+`Run.from_pretrained(run_dir)` loads a finished run whole: model, tokenizer, prompt format, long-term memory
+and config. A folder written before prompt_format.json existed gets the format its config.yaml resolves to.
 """
 
 from __future__ import annotations
@@ -21,20 +25,26 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import ConfigError, TrainingError
 
+if TYPE_CHECKING:
+    from .data.prompt_format import PromptFormat
+    from .memory.long_term import LongTermMemory
+
 MARKER = ".icft-run.json"
 LOCK = ".icft-run.lock"
+PROMPT_FORMAT_FILE = "prompt_format.json"
 HASH_FILE = ".icft-config-hash"  # in adapter/, model/ and memory/: the config_hash they were trained under
 # Everything icft writes at the top of a run folder (train, and compare's per-run results): the only names it
 # ever removes there, and only in a folder holding its marker.
-RUN_ENTRIES = ("config.yaml", "checkpoints", "tensorboard", "metrics.jsonl", "adapter", "model", "memory",
-               "stage_eval.json", "summary.json", "items.json", "result.json")  # fmt: skip
+RUN_ENTRIES = ("config.yaml", PROMPT_FORMAT_FILE, "checkpoints", "tensorboard", "metrics.jsonl", "adapter", "model",
+               "memory", "stage_eval.json", "summary.json", "items.json", "result.json")  # fmt: skip
 FINISHED = ("adapter", "model", "summary.json")  # a run that wrote one of these has ended (or was ending)
 PARTIAL_CHECKPOINT = ".tmp-step-"  # checkpoint.save_checkpoint writes checkpoints/.tmp-step-N, then renames it
 
@@ -284,6 +294,64 @@ def load_run(run_dir: str | Path, device: str | None = None):
             raise FileNotFoundError(f"{adapter}: could not load the adapter onto "
                                     f"'{config['model']['name']}': {error}") from None  # fmt: skip
     return model.to(device or _best_device()), tokenizer
+
+
+@dataclass
+class Run:
+    """A finished run, loaded whole (peft's `from_pretrained` style): what answering with it needs.
+
+    `format` is the prompt format it trained in; `memory` its long-term memory (None when it saved none);
+    `config` its config.yaml. `Run.from_base(name)` wraps an untrained model the same way (format: auto).
+    """
+
+    model: Any
+    tokenizer: Any
+    format: PromptFormat
+    config: dict[str, Any]
+    memory: LongTermMemory | None = None
+    path: Path | None = None
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str | Path, device: str | None = None, memory: bool = True) -> Run:
+        """Load `run_dir` (errors as `load_run`'s); `memory=False` leaves the long-term memory on disk."""
+        run_dir = Path(run_dir)
+        model, tokenizer = load_run(run_dir, device)
+        return cls(model, tokenizer, load_prompt_format(run_dir, tokenizer), run_config(run_dir),
+                   load_memory(run_dir) if memory else None, run_dir)  # fmt: skip
+
+    @classmethod
+    def from_base(cls, name: str, device: str | None = None) -> Run:
+        """An untrained model: no config, no memory, the prompt format its tokenizer calls for (auto)."""
+        from .data.prompt_format import PromptFormat
+
+        model, tokenizer = load_base(name, device)
+        return cls(model, tokenizer, PromptFormat.resolve(tokenizer, "auto"), {})
+
+
+def load_prompt_format(run_dir: str | Path, tokenizer: Any) -> PromptFormat:
+    """The run's saved prompt format; for a folder from before prompt_format.json, the one config.yaml's
+    data.template and model.max_length resolve to. A ConfigError when it cannot be used with `tokenizer`."""
+    from .data.prompt_format import PromptFormat
+
+    path = Path(run_dir) / PROMPT_FORMAT_FILE
+    if not path.is_file():
+        try:
+            return PromptFormat.from_config(tokenizer, run_config(run_dir))
+        except ValueError as error:
+            raise ConfigError(f"{Path(run_dir) / 'config.yaml'}: {error}") from None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return PromptFormat.from_json(tokenizer, saved if isinstance(saved, dict) else {})
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def load_memory(run_dir: str | Path) -> LongTermMemory | None:
+    """The run's long-term memory (memory/), or None when the run saved none."""
+    from .memory.long_term import MEMORY_FILE, LongTermMemory
+
+    folder = Path(run_dir) / "memory"
+    return LongTermMemory.load(folder) if (folder / MEMORY_FILE).is_file() else None
 
 
 def load_base(name: str, device: str | None = None):

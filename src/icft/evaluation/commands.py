@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data.schema import DataError, Example
+
+if TYPE_CHECKING:
+    from ..runs import Run
 
 # torch, transformers and peft are imported inside the functions that need them, so that importing this
 # module (as the CLI does for every command) stays fast.
@@ -49,12 +52,13 @@ def eval_command(
             raise _BadInput("give either a run directory (--run) or a model (--model), not both")
         _check_options(json_path, output_dir, max_examples, batch_size)
         datasets = _load_data(data, max_examples)
-        net, tokenizer, template = load_for_eval(run_dir, model)
+        loaded = load_for_eval(run_dir, model, memory=retrieve > 0)
         retrieved: dict[str, list] = {}
         if retrieve or knowledge:
             from .retrieval import retrieve_for_eval
 
-            datasets, retrieved = retrieve_for_eval(datasets, net, tokenizer, run_dir, knowledge, retrieve)
+            datasets, retrieved = retrieve_for_eval(datasets, loaded.model, loaded.format, run_dir, knowledge,
+                                                    retrieve, loaded.memory)  # fmt: skip
     except (_BadInput, ValueError, FileNotFoundError) as error:  # ValueError: nothing to retrieve from, etc.
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -65,7 +69,9 @@ def eval_command(
     # The sentence embedder is only needed to compare generated answers to references.
     embedder = Embedder() if any(is_open_ended(ex) for exs in datasets.values() for ex in exs) else None
     results = {
-        name: evaluate_examples(net, tokenizer, examples, embedder=embedder, batch_size=batch_size, template=template)
+        name: evaluate_examples(
+            loaded.model, loaded.tokenizer, examples, embedder=embedder, batch_size=batch_size, fmt=loaded.format
+        )
         for name, examples in datasets.items()
     }
     for result in results.values():
@@ -92,19 +98,13 @@ def _check_options(json_path: str | None, output_dir: str | None, max_examples: 
         check_output_dir(output_dir, "--output-dir")
 
 
-def load_for_eval(run_dir: str | None, model: str | None) -> tuple[Any, Any, str]:
-    """(model, tokenizer, prompt template) of a run (its config's data.template) or a base model (auto)."""
-    from ..data.formatting import resolve_template
+def load_for_eval(run_dir: str | None, model: str | None, memory: bool = False) -> Run:
+    """A run (`Run`: model, tokenizer, the prompt format it trained in, with `memory` its long-term memory)
+    or a base model as one (prompt format auto)."""
     from ..models import EMBEDDED_DEFAULT
-    from ..runs import load_base, load_run, run_config
+    from ..runs import Run
 
-    if run_dir:
-        net, tokenizer = load_run(run_dir)
-        setting = run_config(run_dir).get("data", {}).get("template", "auto")
-    else:
-        net, tokenizer = load_base(model or EMBEDDED_DEFAULT)
-        setting = "auto"
-    return net, tokenizer, resolve_template(tokenizer, setting)
+    return Run.from_pretrained(run_dir, memory=memory) if run_dir else Run.from_base(model or EMBEDDED_DEFAULT)
 
 
 def _load_data(paths: list[str], max_examples: int | None) -> dict[str, list[Example]]:

@@ -29,8 +29,9 @@ from typing import Any, TextIO
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.formatting import is_open_ended, prompt_and_target, reference
+from ..data.formatting import is_open_ended, reference
 from ..data.kinds import choice_type, choices, kind_of
+from ..data.prompt_format import PromptFormat
 from ..data.schema import YES_NO_MAYBE, Example
 from ..data.tokenize import collate, encode_pair
 from ..likelihood import answer_nll, eval_batches, sequence_logprobs, target_logits
@@ -84,21 +85,23 @@ def evaluate_examples(
     max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
     progress: bool = True,
     template: str = "plain",
+    fmt: PromptFormat | None = None,
 ) -> EvalResult:
     """Every metric the examples allow (see the module docstring) and one record per example; the model is
     left in its former mode.
 
-    `template` is the prompt format the model was trained with (data/formatting.py): scoring and generation
-    prompts use it; references stay plain text.
+    `fmt` is the prompt format the model was trained with (a run's `Run.format`; without one, `template` on
+    `tokenizer`): scoring, generation and answer NLL prompts go through it; references stay plain text.
+    `max_length` stays this evaluation's own length, as for a base model.
     """
+    fmt = fmt or PromptFormat(tokenizer, template)
     max_length = context_limit(model, max_length)
     metrics: dict[str, Any] = {}
     items = [{"id": ex.id, "kind": ex.kind} for ex in examples]
     position = {id(ex): i for i, ex in enumerate(examples)}  # by object: ids may repeat across merged files
 
     scorable = [ex for ex in examples if is_scorable(ex)]
-    scores = (score_choices(model, tokenizer, scorable, max_length, batch_size, progress, template=template)
-              if scorable else [])  # fmt: skip
+    scores = score_choices(model, tokenizer, scorable, max_length, batch_size, progress, fmt=fmt) if scorable else []
     metrics.update(_choice_metrics(scores))
     hits = [_is_hit(s) for s in scores]
     for s, hit in zip(scores, hits):
@@ -106,11 +109,11 @@ def evaluate_examples(
 
     open_ended = [ex for ex in examples if is_open_ended(ex)]
     if open_ended:
-        prompts = [prompt_and_target(ex, tokenizer, template)[0] for ex in open_ended]
+        prompts = [fmt.prompt(ex) for ex in open_ended]
         # A model trained on short sequences keeps half its context for the prompt.
         budget = min(max_new_tokens, max_length // 2)
         hyps = generate_answers(model, tokenizer, prompts, budget, batch_size, max_length=max_length,
-                                progress=progress, template=template)  # fmt: skip
+                                progress=progress, fmt=fmt)  # fmt: skip
         refs = [reference(ex) for ex in open_ended]
         metrics.update(generation_metrics(hyps, refs, embedder))
         for ex, hyp, rouge_l in zip(open_ended, hyps, M.rouge_l_scores(hyps, refs)):
@@ -120,8 +123,8 @@ def evaluate_examples(
     if texts:
         metrics["perplexity"] = perplexity(model, tokenizer, texts, max_length, batch_size, progress)
 
-    pairs = [prompt_and_target(ex, tokenizer, template) for ex in examples]
-    nll = answer_nll(model, tokenizer, pairs, max_length, batch_size, template=template) if pairs else []
+    pairs = [fmt.pair(ex) for ex in examples]
+    nll = answer_nll(model, tokenizer, pairs, max_length, batch_size, template=fmt.template) if pairs else []
     for record, value in zip(items, nll):
         record["answer_nll"] = value
     if nll:

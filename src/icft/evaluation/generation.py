@@ -7,9 +7,11 @@ tokenizer's `padding_side`. `generate` derives position ids from the attention m
 gets the same positions as the row alone; this holds for the embedded BERT decoder's absolute position
 embeddings too (tests/test_evaluation.py checks batched against one-by-one output).
 
-With ``template="chat"`` the prompts are chat renderings (`formatting.prompt_and_target(..., template="chat")`):
-they already hold BOS and end with the generation prompt, so no BOS is added, and generation also stops at the
-template's end-of-turn token (e.g. ``<|im_end|>``), which for many chat models is not the tokenizer's EOS.
+Prompts are texts of a prompt format (`PromptFormat`, or ``template`` on the tokenizer) and become ids through
+it (`PromptFormat.prompt_ids`). With ``template="chat"`` the prompts are chat renderings
+(`formatting.prompt_and_target(..., template="chat")`): they already hold BOS and end with the generation
+prompt, so no BOS is added, and generation also stops at the template's end-of-turn token (e.g.
+``<|im_end|>``), which for many chat models is not the tokenizer's EOS.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..data.prompt_format import PromptFormat
 from ..likelihood import eval_batches
 from ..models import context_limit
 
@@ -35,6 +38,7 @@ def generate_answers(
     max_length: int = 512,
     progress: bool = False,
     template: str = "plain",
+    fmt: PromptFormat | None = None,
 ) -> list[str]:
     """The greedy continuation of each prompt, up to EOS or `max_new_tokens`, without the prompt.
 
@@ -45,8 +49,9 @@ def generate_answers(
     room = limit - max_new_tokens
     if room < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {limit} tokens")
-    encoded = [_prompt_ids(tokenizer, p, room, add_bos=template != "chat") for p in prompts]
-    stop = stop_ids(tokenizer, template)
+    fmt = fmt or PromptFormat(tokenizer, template)
+    encoded = [_fit(fmt.prompt_ids(p), room, tokenizer.bos_token_id) for p in prompts]
+    stop = fmt.stop_ids()
     # Longest first: similar lengths share a batch, so little padding, and a too-large batch fails at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -71,22 +76,16 @@ def generate_answers(
 
 def stop_ids(tokenizer: PreTrainedTokenizerBase, template: str = "plain") -> list[int]:
     """Token ids that end an answer: EOS, and in chat mode the first token of the template's end of turn."""
-    stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if template == "chat":
-        from ..data.formatting import end_of_turn
-
-        suffix = tokenizer(end_of_turn(tokenizer), add_special_tokens=False)["input_ids"]
-        stop += [t for t in suffix[:1] if t not in stop]
-    return stop
+    return PromptFormat(tokenizer, template).stop_ids()
 
 
-def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, room: int, add_bos: bool = True) -> list[int]:
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
-    keep = room - len(bos)
-    ids = bos + (ids[-keep:] if keep > 0 else [])
-    # generate needs at least one token to continue from; EOS is what a new document follows in training
-    return ids or [tokenizer.eos_token_id]
+def _fit(ids: list[int], room: int, bos: int | None) -> list[int]:
+    """At most `room` ids: a prompt too long loses tokens from its start, after its BOS (kept)."""
+    if len(ids) <= room:
+        return ids
+    head = ids[:1] if bos is not None and ids[0] == bos else []
+    keep = room - len(head)
+    return head + (ids[-keep:] if keep > 0 else [])
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.formatting import candidates
 from ..data.kinds import is_choice
+from ..data.prompt_format import PromptFormat
 from ..data.schema import Example
 from ..likelihood import score_pairs
 
@@ -41,14 +41,17 @@ def score_choices(
     batch_size: int = 32,
     progress: bool = False,
     template: str = "plain",
+    fmt: PromptFormat | None = None,
 ) -> list[ChoiceScores]:
     """Score every candidate of every multiple-choice qa or preference example in one batched pass.
 
-    ``template="chat"`` scores the bare answer after the chat prompt (`formatting.candidates`).
+    The candidates are the prompt format's (`fmt`, or `template` on `tokenizer`): with chat, the bare answer
+    after the chat prompt (`formatting.candidates`).
     """
-    items = [candidates(ex, tokenizer, template) for ex in examples]
+    fmt = fmt or PromptFormat(tokenizer, template)
+    items = [fmt.candidates(ex) for ex in examples]
     pairs = [(prompt, c) for prompt, cands, _ in items for c in cands]
-    flat = score_pairs(model, tokenizer, pairs, max_length, batch_size, progress, template)
+    flat = score_pairs(model, tokenizer, pairs, max_length, batch_size, progress, fmt.template)
     out, k = [], 0
     for ex, (_, cands, gold) in zip(examples, items):
         out.append(ChoiceScores(ex, flat[k : k + len(cands)], [len(c.strip()) for c in cands], gold))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 
-from ..data.formatting import prompt_and_target
+from ..data.prompt_format import PromptFormat
 from ..data.schema import Example
 from ..likelihood import answer_nll
 from . import metrics as M
@@ -29,31 +29,29 @@ def fixed_sample(examples: list[Example], n: int) -> list[Example]:
     return examples[:n] if n else examples
 
 
-def stage_row(model, tokenizer, groups: list[list[Example]], max_examples: int, max_length: int,
-              template: str = "plain") -> dict:
-    """Accuracy (raw and length-normalised) and answer NLL on each stage's validation items."""
+def stage_row(model, fmt: PromptFormat, groups: list[list[Example]], max_examples: int) -> dict:
+    """Accuracy (raw and length-normalised) and answer NLL on each stage's validation items, in the run's
+    prompt format and sequence length."""
     row: dict[str, list] = {"accuracy": [], "accuracy_norm": [], "nll": []}
     for group in groups:
         scorable = fixed_sample([ex for ex in group if is_scorable(ex)], max_examples)
-        scores = score_choices(model, tokenizer, scorable, max_length=max_length, template=template) if scorable else []
+        scores = score_choices(model, fmt.tokenizer, scorable, max_length=fmt.max_length, fmt=fmt) if scorable else []
         row["accuracy"].append(choice_accuracy(scores) if scores else None)
         row["accuracy_norm"].append(choice_accuracy(scores, normalised=True) if scores else None)
-        sample = fixed_sample(group, max_examples)
-        nll = _answer_nll(model, tokenizer, sample, max_length, template)
+        nll = _answer_nll(model, fmt, fixed_sample(group, max_examples))
         row["nll"].append(sum(nll) / len(nll) if nll else None)
     return row
 
 
-def validation_loss(model, tokenizer, examples: list[Example], max_examples: int, max_length: int,
-                    template: str = "plain") -> float:
+def validation_loss(model, fmt: PromptFormat, examples: list[Example], max_examples: int) -> float:
     """Mean answer NLL per token on a fixed sample of a stage's validation examples (for plateau checks)."""
-    nll = _answer_nll(model, tokenizer, fixed_sample(examples, max_examples or 200), max_length, template)
+    nll = _answer_nll(model, fmt, fixed_sample(examples, max_examples or 200))
     return sum(nll) / max(1, len(nll))
 
 
-def _answer_nll(model, tokenizer, examples: list[Example], max_length: int, template: str) -> list[float]:
-    pairs = [prompt_and_target(ex, tokenizer, template) for ex in examples]
-    return answer_nll(model, tokenizer, pairs, max_length, template=template) if pairs else []
+def _answer_nll(model, fmt: PromptFormat, examples: list[Example]) -> list[float]:
+    pairs = [fmt.pair(ex) for ex in examples]
+    return answer_nll(model, fmt.tokenizer, pairs, fmt.max_length, template=fmt.template) if pairs else []
 
 
 def stage_report(stage_names: list[str], rows: list[dict]) -> dict:

@@ -1,9 +1,10 @@
 """`icft chat`: a multi-turn conversation in the terminal, answers streamed token by token.
 
-The conversation goes through the model's chat template where it has one, else icft's Patient/Doctor
-format (what `dialogue` examples train). `/memory` shows the facts retrieved for the last answer, `/reset`
-forgets the conversation, `/help` lists the commands, Ctrl-D (end of input) leaves. When the conversation
-outgrows the context limit, its oldest turns are left out of the prompt.
+The conversation goes through the prompt format the model was trained in (`Engine.format`): its chat
+template for a run trained with it, else icft's Patient/Doctor format (what `dialogue` examples train).
+`/memory` shows the facts retrieved for the last answer, `/reset` forgets the conversation, `/help` lists
+the commands, Ctrl-D (end of input) leaves. When the conversation outgrows the context limit, its oldest
+turns are left out of the prompt.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -110,12 +111,12 @@ def _engine(args: argparse.Namespace, name: str | None = None) -> Any:
 
 def generate_command(args: argparse.Namespace) -> int:
     """Answers printed one per block; `--json` gets them with the retrieved ids and similarity scores."""
-    from ..data.formatting import prompt_and_target, reference
+    from ..data.formatting import reference
     from ..data.schema import DataError
     from ..data.sources import load_data
     from ..io import check_output_file, write_json
     from ..memory.retrieval import add_retrieved_context
-    from .generate import InputError, Prompt
+    from .generate import InputError
 
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -137,11 +138,10 @@ def generate_command(args: argparse.Namespace) -> int:
     if examples:
         hits = [[] for _ in examples]
         if engine.retrieve_k:
-            examples, hits = add_retrieved_context(
-                examples, engine.retriever, engine.retrieve_k, engine.tokenizer, engine.limit, args.max_new_tokens
-            )
-        texts = [prompt_and_target(ex)[0] for ex in examples]
-        prompts = [Prompt(engine.encode(text), h, text) for text, h in zip(texts, hits)]
+            examples, hits = add_retrieved_context(examples, engine.retriever, engine.retrieve_k, engine.tokenizer,
+                                                   engine.limit, args.max_new_tokens, fmt=engine.format)  # fmt: skip
+        # each record asked in the run's prompt format, as training and `icft eval` ask it
+        prompts = [replace(engine.example_prompt(ex), retrieved=h) for ex, h in zip(examples, hits)]
         ids = [ex.id for ex in examples]
     else:
         prompts = [engine.completion_prompt(p, args.max_new_tokens) for p in args.prompt]

@@ -1,10 +1,13 @@
 """A loaded model ready to answer: prompts in, text out, through transformers `generate`.
 
-`Engine` is shared by `icft generate`, `icft chat` and `icft serve`. Prompts are encoded as training
-encodes them (the tokenizer's BOS, if any, then the text without special tokens) unless a chat template
-builds them. Batches are padded on the left, so each row's last token is its own prompt's last token and
-the new tokens follow it directly; `generate` derives positions from the attention mask, which also holds
-for the embedded BERT decoder. Decoding is greedy unless a temperature above 0 asks for sampling.
+`Engine` is shared by `icft generate`, `icft chat` and `icft serve`. Conversations and examples become
+prompts through the prompt format the model was trained in (`PromptFormat`: a run's saved format, or for
+a base model the one its tokenizer calls for), so they are encoded exactly as training encoded them: the
+chat template for a run trained with it, else icft's plain prompts (the tokenizer's BOS, if any, then the
+text without special tokens). A raw completion prompt is encoded the plain way. Batches are padded on the
+left, so each row's last token is its own prompt's last token and the new tokens follow it directly;
+`generate` derives positions from the attention mask, which also holds for the embedded BERT decoder.
+Decoding is greedy unless a temperature above 0 asks for sampling.
 
 `Engine.generate_rows` is the server's batch: rows from different requests share one `generate` call, each
 with its own token limit, stop strings, stream and cancel flag (`RowLimits` ends a row; `RowStreamer` hands
@@ -24,7 +27,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from ..data.formatting import dialogue_prompt
+from ..data.prompt_format import PromptFormat
+from ..data.schema import Example
 from ..memory.retrieval import Hit, Retriever, context_block, fit_facts, load_retriever
 from ..models import context_limit
 
@@ -173,9 +177,12 @@ class Engine:
         retriever: Retriever | None = None,
         retrieve_k: int = 0,
         max_length: int = DEFAULT_MAX_LENGTH,
+        fmt: PromptFormat | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        # The format the model was trained in; a model given without one is asked as its tokenizer calls for.
+        self.format = fmt or PromptFormat.resolve(tokenizer, "auto")
         self.name = name
         self.retriever = retriever
         self.retrieve_k = retrieve_k if retriever is not None else 0
@@ -184,8 +191,9 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        # A chat model may end a turn with its own token (<|eot_id|>) besides the tokenizer's EOS.
-        self.eos_ids = list(dict.fromkeys([tokenizer.eos_token_id, *eos]))
+        # A chat model may end a turn with its own token (<|eot_id|>) besides the tokenizer's EOS; in the chat
+        # format the template's end of turn ends an answer too, as in evaluation.
+        self.eos_ids = list(dict.fromkeys([tokenizer.eos_token_id, *eos, *self.format.stop_ids()]))
 
     @classmethod
     def load(
@@ -197,46 +205,45 @@ class Engine:
         name: str | None = None,
         max_length: int = DEFAULT_MAX_LENGTH,
     ) -> Engine:
-        """`--run DIR` (base model + adapter, its memory for retrieval) or `--model NAME` (a base model)."""
+        """`--run DIR` (base model + adapter in the prompt format it trained in, its memory for retrieval) or
+        `--model NAME` (a base model)."""
         from ..models import EMBEDDED_DEFAULT
-        from ..runs import load_base, load_run
+        from ..runs import Run
 
         if run and model:
             raise InputError("give either a run directory (--run) or a model (--model), not both")
         if retrieve_k < 0:
             raise InputError(f"--retrieve must be >= 0, got {retrieve_k}")
         try:
-            net, tokenizer = load_run(run) if run else load_base(model or EMBEDDED_DEFAULT)
+            if run:
+                loaded = Run.from_pretrained(run, memory=retrieve_k > 0)
+            else:
+                loaded = Run.from_base(model or EMBEDDED_DEFAULT)
         except (FileNotFoundError, ValueError) as error:
             raise InputError(str(error)) from None
         try:
-            retriever = load_retriever(run, knowledge, retrieve_k)
+            retriever = load_retriever(run, knowledge, retrieve_k, loaded.memory)
         except ValueError as error:  # a bad knowledge file's DataError too
             raise InputError(str(error)) from None
         default_name = Path(run).resolve().name if run else (model or EMBEDDED_DEFAULT)
-        return cls(net, tokenizer, name or default_name, retriever, retrieve_k, max_length)
+        return cls(loaded.model, loaded.tokenizer, name or default_name, retriever, retrieve_k, max_length,
+                   loaded.format)  # fmt: skip
 
     # --- prompts ---------------------------------------------------------------------------------------
 
-    def encode(self, text: str, templated: bool = False) -> list[int]:
-        """Token ids as training saw them: BOS (if any) + the text; a chat template brings its own BOS."""
-        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
-        bos = self.tokenizer.bos_token_id
-        if not templated and bos is not None:
-            ids = [bos, *ids]
-        return ids or [self.tokenizer.eos_token_id]  # generate needs one token to continue from
-
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a raw text as training saw a text's start: BOS (if any) + the text."""
+        return PromptFormat(self.tokenizer, "plain").prompt_ids(text)
 
     def chat_text(self, messages: list[dict[str, str]]) -> str:
-        """The prompt for a conversation: the model's chat template, or icft's Patient/Doctor format."""
-        if self.has_chat_template():
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        system = [m["content"] for m in messages if m["role"] == "system"]
-        turns = [m for m in messages if m["role"] in ("user", "assistant")]
-        text = dialogue_prompt([*turns, {"role": "assistant", "content": ""}])  # its last turn is the target
-        return "\n".join([*system, text])
+        """The prompt for a conversation in the model's prompt format: its chat template, or icft's
+        Patient/Doctor lines."""
+        return self.format.conversation(messages)
+
+    def example_prompt(self, ex: Example) -> Prompt:
+        """An example's prompt (qa, dialogue, preference), as training and evaluation put it."""
+        text = self.format.prompt(ex)
+        return Prompt(self.format.prompt_ids(text), [], text)
 
     def retrieve(self, queries: list[str], k: int | None = None) -> list[list[Hit]]:
         k = self.retrieve_k if k is None else k
@@ -247,7 +254,7 @@ class Engine:
     def completion_prompt(self, text: str, max_new_tokens: int, k: int | None = None) -> Prompt:
         """A raw prompt, with a Context block of retrieved facts ahead of it when retrieval is on."""
         hits = self.retrieve([text], k)[0]
-        facts = self._fit([h.text for h in hits], lambda fs: _prepend(fs, text), max_new_tokens, False)
+        facts = self._fit([h.text for h in hits], lambda fs: _prepend(fs, text), max_new_tokens, self.encode)
         full = _prepend(facts, text)
         return Prompt(self.encode(full), _used(hits, facts), full)
 
@@ -263,17 +270,17 @@ class Engine:
             edited[last]["content"] = _prepend(facts, edited[last]["content"])
             return self.chat_text(edited)
 
-        templated = self.has_chat_template()
-        facts = self._fit([h.text for h in hits], render, max_new_tokens, templated)
+        facts = self._fit([h.text for h in hits], render, max_new_tokens, self.format.prompt_ids)
         text = render(facts)
-        return Prompt(self.encode(text, templated), _used(hits, facts), text)
+        return Prompt(self.format.prompt_ids(text), _used(hits, facts), text)
 
     def _fit(
-        self, facts: list[str], render: Callable[[list[str]], str], max_new_tokens: int, templated: bool
-    ) -> list[str]:
+        self, facts: list[str], render: Callable[[list[str]], str], max_new_tokens: int,
+        encode: Callable[[str], list[int]],
+    ) -> list[str]:  # fmt: skip
         if not facts:
             return []
-        return fit_facts(facts, render, lambda text: len(self.encode(text, templated)), self.limit - max_new_tokens)
+        return fit_facts(facts, render, lambda text: len(encode(text)), self.limit - max_new_tokens)
 
     # --- generation ------------------------------------------------------------------------------------
 

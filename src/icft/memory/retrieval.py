@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data.formatting import candidates, is_open_ended, prompt_and_target
+from ..data.formatting import is_open_ended
 from ..data.kinds import context_block as context_block  # the block's text lives with the kinds that place it
 from ..data.kinds import is_choice, kind_of
+from ..data.prompt_format import PromptFormat
 from ..data.schema import Example
 from .embedder import Embedder, example_text
 from .long_term import LongTermMemory
@@ -92,12 +93,13 @@ class Retriever:
     @classmethod
     def from_sources(
         cls,
-        memory_dir: str | Path | None = None,
+        memory_dir: str | Path | LongTermMemory | None = None,
         knowledge: list[str] | None = None,
         embedder: Embedder | None = None,
         faiss_threshold: int = FAISS_THRESHOLD,
     ) -> Retriever:
-        """A run's `memory/` folder and knowledge files (text and qa records, any format `load_data` reads)."""
+        """A run's `memory/` folder (or its memory, loaded) and knowledge files (text and qa records, any
+        format `load_data` reads)."""
         from ..data.schema import DataError
         from ..data.sources import load_data
 
@@ -106,7 +108,8 @@ class Retriever:
         keys: list[np.ndarray] = []
         missing: list[tuple[int, str]] = []  # (fact index, text to embed) for items stored without a key
         if memory_dir is not None:
-            for item in LongTermMemory.load(memory_dir).items():
+            memory = memory_dir if isinstance(memory_dir, LongTermMemory) else LongTermMemory.load(memory_dir)
+            for item in memory.items():
                 if item.embedding is None:
                     missing.append((len(facts), example_text(item.example)))
                     keys.append(np.zeros(0, np.float32))
@@ -195,38 +198,47 @@ def with_context(ex: Example, facts: list[str]) -> Example:
 
 
 def prompt_budget(tokenizer: Any, ex: Example, max_length: int, max_new_tokens: int) -> int:
-    """Prompt tokens allowed for `ex` so that its answer (longest candidate, or the generation room) fits."""
+    """Prompt tokens allowed for `ex` (besides BOS, in the plain format) so that its answer (longest
+    candidate, or the generation room) fits."""
     bos = 1 if tokenizer.bos_token_id is not None else 0
+    return max_length - bos - _answer_room(PromptFormat(tokenizer), ex, max_new_tokens)
+
+
+def _answer_room(fmt: PromptFormat, ex: Example, max_new_tokens: int) -> int:
+    """Tokens kept for the answer of `ex`: the longest candidate, or the generation room (text: none)."""
     if is_open_ended(ex):
-        answer = max_new_tokens
-    elif is_choice(ex):
-        _, options, _ = candidates(ex)
-        answer = max(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in options)
-    else:
-        answer = 0  # text: nothing is asked
-    return max_length - bos - answer
+        return max_new_tokens
+    if is_choice(ex):
+        _, options, _ = fmt.candidates(ex)
+        return max(len(fmt.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in options)
+    return 0  # text: nothing is asked
 
 
 def add_retrieved_context(
-    examples: list[Example], retriever: Retriever, k: int, tokenizer: Any, max_length: int, max_new_tokens: int = 48
+    examples: list[Example],
+    retriever: Retriever,
+    k: int,
+    tokenizer: Any,
+    max_length: int,
+    max_new_tokens: int = 48,
+    fmt: PromptFormat | None = None,
 ) -> tuple[list[Example], list[list[Hit]]]:
     """Each example with its top-k retrieved facts in its prompt (fitted to `max_length`), and the hits used.
 
     Scoring and generation both read prompts from the examples (`formatting`), so both see the context.
+    Prompts are measured in the prompt format they will be asked in (`fmt`; default: plain on `tokenizer`).
     A hit whose fact was dropped to fit is not reported.
     """
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
+    fmt = fmt or PromptFormat(tokenizer)
     askable = [ex for ex in examples if kind_of(ex).asks]
     found = retriever.search([example_text(ex) for ex in askable], k, exclude=[ex.id for ex in askable])
     hits_by_id = {id(ex): hits for ex, hits in zip(askable, found)}
     out_examples, out_hits = [], []
     for ex in examples:
         hits = hits_by_id.get(id(ex), [])
-        budget = prompt_budget(tokenizer, ex, max_length, max_new_tokens)
+        budget = max_length - _answer_room(fmt, ex, max_new_tokens)
         facts = fit_facts(
-            [h.text for h in hits], lambda fs, ex=ex: prompt_and_target(with_context(ex, fs))[0], count, budget
+            [h.text for h in hits], lambda fs, ex=ex: fmt.prompt(with_context(ex, fs)), _counter(fmt), budget
         )
         used = [dataclasses.replace(h, text=f) for h, f in zip(hits, facts)]
         out_examples.append(with_context(ex, facts))
@@ -235,7 +247,7 @@ def add_retrieved_context(
 
 
 def training_contexts(
-    examples: list[Example], k: int, tokenizer: Any, template: str, max_length: int, embedder: Embedder | None = None
+    examples: list[Example], k: int, fmt: PromptFormat, embedder: Embedder | None = None
 ) -> dict[str, Example]:
     """memory.retrieve_in_training: {id: the example with a Context block} for every training example that
     asks something, holding the k facts nearest to it among the *other* training examples.
@@ -244,11 +256,10 @@ def training_contexts(
     only distracts it. Trained this way it learns to use the facts put before a question (as in RAFT, Zhang
     et al. 2024). The store is the training data itself, the knowledge the LTM is consolidated from; an
     example never retrieves itself, so its answer is not handed to it. Facts are fitted so that the whole
-    answer (the longer side of a preference pair) still fits `max_length`: context is cut, never the answer.
+    answer (the longer side of a preference pair) still fits the format's `max_length`: context is cut, never
+    the answer.
     """
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
+    count, tok = _counter(fmt), fmt.tokenizer
     embedder = embedder or Embedder()
     facts = [Fact(ex.id, fact_text(ex), "training") for ex in examples]
     retriever = Retriever(facts, embedder.encode([example_text(ex) for ex in examples]), embedder)
@@ -257,31 +268,41 @@ def training_contexts(
     out = {}
     for ex, hits in zip(askable, found):
         sides = kind_of(ex).sides  # a preference pair trains on both answers
-        answer = max(count(prompt_and_target(ex, tokenizer, template, side)[1]) for side in sides) + 2  # BOS, EOS
+        targets = [fmt.pair(ex, side)[1] for side in sides]
+        answer = max(len(ids) for ids in tok(targets, add_special_tokens=False, verbose=False)["input_ids"])
+        answer += 1  # the plain format's EOS (a chat target holds its end of turn)
 
         def render(fs: list[str], ex: Example = ex) -> str:
-            return prompt_and_target(with_context(ex, fs), tokenizer, template)[0]
+            return fmt.prompt(with_context(ex, fs))
 
-        kept = fit_facts([h.text for h in hits], render, count, max_length - answer)
+        kept = fit_facts([h.text for h in hits], render, count, fmt.max_length - answer)
         if kept:
             out[ex.id] = with_context(ex, kept)
     return out
 
 
-def load_retriever(run: str | Path | None, knowledge: list[str] | None, k: int) -> Retriever | None:
-    """The run's memory/ plus knowledge files, or None when retrieval is off (k == 0). Raises ValueError (a
-    bad knowledge file's DataError is one) with a one-line message for the user."""
+def _counter(fmt: PromptFormat) -> Callable[[str], int]:
+    """Tokens of a prompt text as the format encodes it (BOS included)."""
+    return lambda text: len(fmt.prompt_ids(text))
+
+
+def load_retriever(
+    run: str | Path | None, knowledge: list[str] | None, k: int, memory: LongTermMemory | None = None
+) -> Retriever | None:
+    """The run's memory/ (`memory`, when the caller loaded it already) plus knowledge files, or None when
+    retrieval is off (k == 0). Raises ValueError (a bad knowledge file's DataError is one) with a one-line
+    message for the user."""
     if k <= 0:
         if knowledge:
             raise ValueError("--knowledge needs --retrieve K (how many facts to put in each prompt)")
         return None
-    memory = Path(run) / "memory" if run else None
-    if memory is not None and not (memory / "memory.jsonl").is_file():
-        raise ValueError(f"{memory}: no long-term memory there (memory.jsonl) to retrieve from")
-    if memory is None and not knowledge:
+    folder = Path(run) / "memory" if run else None
+    if memory is None and folder is not None and not (folder / "memory.jsonl").is_file():
+        raise ValueError(f"{folder}: no long-term memory there (memory.jsonl) to retrieve from")
+    if folder is None and memory is None and not knowledge:
         raise ValueError("--retrieve needs a run's memory (--run) or a knowledge file (--knowledge PATH)")
     try:
-        return Retriever.from_sources(memory, knowledge)
+        return Retriever.from_sources(memory if memory is not None else folder, knowledge)
     except OSError as error:
         raise ValueError(str(error)) from None
 

@@ -211,21 +211,21 @@ def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, stat
     Writes items.json, then result.json ({"metrics", "curve", "matrix"}, also returned) last, so that a run
     with result.json is complete. Runs in a worker process.
     """
-    from ..data.formatting import resolve_template
+    from ..data.prompt_format import PromptFormat
     from ..evaluation.evaluate import evaluate_examples
     from ..memory import Embedder
     from ..models import count_parameters
-    from ..runs import load_base, load_run
+    from ..runs import Run
 
     cfg = method_config(config, SAME_RUNS.get(method, method), seed, lr)
     run_dir = run_dir_of(output_dir, method, seed)
     curve, matrix = [], []
     if method == "base":
-        model, tokenizer = load_base(cfg.model.name)
-        summary = {"trainable_params": 0, "wall_s": 0.0, "total_params": count_parameters(model)[1]}
+        run = Run.from_base(cfg.model.name)
+        summary = {"trainable_params": 0, "wall_s": 0.0, "total_params": count_parameters(run.model)[1]}
     else:
         train_run(cfg, run_dir, status)
-        model, tokenizer = load_run(run_dir)
+        run = Run.from_pretrained(run_dir, memory=False)
         summary = json.loads((run_dir / "summary.json").read_text())
         stage_eval = json.loads((run_dir / "stage_eval.json").read_text())
         summary.update({k: stage_eval[k] for k in ("average_accuracy", "forgetting", "backward_transfer")})
@@ -234,11 +234,12 @@ def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, stat
     metrics: dict[str, float] = {}
     items: dict[str, dict] = {}
     embedder = Embedder()
-    # Tested in the prompt format it was trained in, exactly as `icft eval --run` tests it.
-    template = resolve_template(tokenizer, cfg.data.template)
+    # Tested in the prompt format it was trained in (its prompt_format.json), exactly as `icft eval --run` tests
+    # it; the base model in the one its config asks for, as the methods trained on it.
+    fmt = run.format if method != "base" else PromptFormat.from_config(run.tokenizer, cfg)
     for label, examples in test_sets(config).items():
-        result = evaluate_examples(model, tokenizer, examples, embedder=embedder, max_length=cfg.model.max_length,
-                                   progress=False, template=template)  # fmt: skip
+        result = evaluate_examples(run.model, run.tokenizer, examples, embedder=embedder,
+                                   max_length=cfg.model.max_length, progress=False, fmt=fmt)  # fmt: skip
         file_metrics, items[label] = file_summary(result)
         metrics.update({f"{label}/{k}": v for k, v in file_metrics.items()})
     metrics.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})

@@ -44,10 +44,10 @@ from ..checkpoint import (
     trainable_state,
 )
 from ..config import RunConfig, save_config
-from ..data.formatting import prompt_and_target, resolve_template
+from ..data.prompt_format import PromptFormat
 from ..data.schema import Example
 from ..data.sources import load_data, split_validation
-from ..data.tokenize import TokenizedPair, collate, encode_pair
+from ..data.tokenize import TokenizedPair, collate
 from ..errors import TrainingError
 from ..evaluation.stage_eval import stage_report, stage_row, validation_loss
 from ..io import write_json
@@ -64,7 +64,7 @@ from ..models import (
 )
 from ..progress import MetricsLog, ProgressDisplay
 from ..regularizers import EWC, EMATeacher, FrozenBaseTeacher
-from ..runs import RunFolder, stamp
+from ..runs import PROMPT_FORMAT_FILE, RunFolder, stamp
 
 
 @dataclass
@@ -129,15 +129,15 @@ def load_adapted_model(config: RunConfig):
 # 2. Curriculum
 
 
-def plan_stages(config: RunConfig, train: list[Example], validation: list[Example], model, tokenizer, template: str):
+def plan_stages(config: RunConfig, train: list[Example], validation: list[Example], model, fmt: PromptFormat):
     """Difficulty-scored training stages and, for the stage matrices, the matching validation groups."""
     cc = config.curriculum
     cache = Path(os.environ.get("ICFT_CACHE", Path.home() / ".cache" / "icft")) / "difficulty"
 
     def scored(examples: list[Example]) -> list[Example]:
-        scores = curriculum.difficulty_scores(examples, cc.scorers, model=model, tokenizer=tokenizer,
+        scores = curriculum.difficulty_scores(examples, cc.scorers, model=model, tokenizer=fmt.tokenizer,
                                               cache_dir=cache, model_name=config.model.name,
-                                              template=template)  # fmt: skip
+                                              template=fmt.template)  # fmt: skip
         return curriculum.attach_difficulty(examples, scores)
 
     train = scored(train)
@@ -193,19 +193,18 @@ def check_stage_names(config: RunConfig, train: list[Example], say) -> None:
 
 
 class TokenCache:
-    """Each example tokenised once per answer side ("chosen", or "rejected" for preference pairs)."""
+    """Each example tokenised once per answer side ("chosen", or "rejected" for preference pairs), in the
+    run's prompt format."""
 
-    def __init__(self, tokenizer, max_length: int, template: str, contexts: dict[str, Example] | None = None):
-        self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
+    def __init__(self, fmt: PromptFormat, contexts: dict[str, Example] | None = None):
+        self.fmt, self.tokenizer = fmt, fmt.tokenizer
         self.contexts = contexts or {}  # id -> the example with retrieved context (memory.retrieve_in_training)
         self.cache: dict[tuple[str, str], TokenizedPair] = {}
 
     def encode(self, ex: Example, answer: str = "chosen") -> TokenizedPair:
         key = (ex.id, answer)
         if key not in self.cache:
-            ex = self.contexts.get(ex.id, ex)
-            prompt, target = prompt_and_target(ex, self.tokenizer, self.template, answer)
-            self.cache[key] = encode_pair(self.tokenizer, prompt, target, self.max_length, template=self.template)
+            self.cache[key] = self.fmt.encode(self.contexts.get(ex.id, ex), answer)
         return self.cache[key]
 
 
@@ -337,13 +336,15 @@ def run_recipe(config: RunConfig, folder: RunFolder) -> None:
     if accelerator.is_main_process:  # after check_stage_names, which may change the config that is saved
         folder.claim(config.to_dict(), say)
     model, tokenizer = load_adapted_model(config)
-    template = resolve_template(tokenizer, config.data.template)
+    fmt = PromptFormat.from_config(tokenizer, config)  # every example becomes tokens through it, here and later
+    if accelerator.is_main_process:
+        write_json(run_dir / PROMPT_FORMAT_FILE, fmt.to_json())  # beside config.yaml: the run is served in it
     trainable, total = count_parameters(model)
     say(f"model {config.model.name}: {trainable:,} trainable / {total:,} parameters "
-        f"({100 * trainable / total:.2f}%), peft={config.peft.method}, prompt template {template}")  # fmt: skip
+        f"({100 * trainable / total:.2f}%), peft={config.peft.method}, prompt template {fmt.template}")  # fmt: skip
 
     # 2. Curriculum
-    stages, budgets, val_groups = plan_stages(config, train_examples, val_examples, model, tokenizer, template)
+    stages, budgets, val_groups = plan_stages(config, train_examples, val_examples, model, fmt)
     cc = config.curriculum
     schedule = curriculum.StageSchedule(stages, budgets, cc.order, cc.pacing, cc.start_competence, cc.pacing_share,
                                         seed=config.train.seed * 7919 + accelerator.process_index)  # fmt: skip
@@ -359,11 +360,10 @@ def run_recipe(config: RunConfig, folder: RunFolder) -> None:
     model, optimizer = accelerator.prepare(model, optimizer)
     contexts = {}
     if config.memory.retrieve_in_training:
-        contexts = training_contexts(train_examples, config.memory.retrieve_in_training, tokenizer, template,
-                                     config.model.max_length)  # fmt: skip
+        contexts = training_contexts(train_examples, config.memory.retrieve_in_training, fmt)
         say(f"retrieved context: {len(contexts)} of {len(train_examples)} training examples carry up to "
             f"{config.memory.retrieve_in_training} facts from the others (memory.retrieve_in_training)")  # fmt: skip
-    cache = TokenCache(tokenizer, config.model.max_length, template, contexts)
+    cache = TokenCache(fmt, contexts)
     state, saved_log = start_or_resume(config, run_dir, resume, accelerator, model, optimizer, scheduler, schedule,
                                        memory, rng, say)  # fmt: skip
     log = MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None, write=accelerator.is_main_process)
@@ -388,8 +388,8 @@ def run_recipe(config: RunConfig, folder: RunFolder) -> None:
         if state.step % config.train.log_every == 0 or state.step == config.train.max_steps:
             log_progress(log, bar, accelerator, state.step, stage, scheduler.get_last_lr()[0],
                          schedule.competence(step), memory)  # fmt: skip
-        end_of_step(state, schedule, stages, val_groups, accelerator.unwrap_model(model), tokenizer, template, cache,
-                    memory, config, rng, accelerator.device, bar)  # fmt: skip
+        end_of_step(state, schedule, stages, val_groups, accelerator.unwrap_model(model), cache, memory, config,
+                    rng, accelerator.device, bar)  # fmt: skip
         if state.step % config.train.save_every == 0 or state.step == config.train.max_steps:
             state.wall_s = time.perf_counter() - run_start
             save_checkpoint(run_dir, state.step, accelerator, model, optimizer, scheduler, {
@@ -511,16 +511,15 @@ def log_progress(log: MetricsLog, bar: ProgressDisplay, accelerator, step: int, 
                f"{record['tokens_per_s']:.0f} tok/s")  # fmt: skip
 
 
-def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val_groups, model, tokenizer, template,
-                cache, memory: Memory, config: RunConfig, rng, device, bar) -> None:  # fmt: skip
+def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val_groups, model, cache: TokenCache,
+                memory: Memory, config: RunConfig, rng, device, bar) -> None:  # fmt: skip
     """Plateau checks, consolidation and the stage matrices' next row, where this step calls for them."""
     cc, mc, steps = config.curriculum, config.memory, state.step
     index = schedule.stage_index(steps - 1)
     stage_start = schedule.ends[index - 1] if index else 0
     if (cc.plateau_patience and cc.order != "mixed" and index < len(stages) - 1
             and (steps - stage_start) % cc.plateau_every == 0 and val_groups[index]):  # fmt: skip
-        loss = validation_loss(model, tokenizer, val_groups[index], config.train.eval_max_examples,
-                               config.model.max_length, template)  # fmt: skip
+        loss = validation_loss(model, cache.fmt, val_groups[index], config.train.eval_max_examples)
         if schedule.record_validation_loss(steps, loss, cc.plateau_patience, cc.plateau_min_delta):
             bar.write(f"stage {stages[index].name}: validation loss {loss:.4f} has plateaued; the next stage "
                       f"starts at step {steps}")  # fmt: skip
@@ -536,8 +535,7 @@ def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val
                                        for b in batches))  # fmt: skip
     every = config.train.eval_every and steps % config.train.eval_every == 0
     if (at_end or every) and config.train.eval_max_examples and any(val_groups):
-        row = stage_row(model, tokenizer, val_groups, config.train.eval_max_examples, config.model.max_length,
-                        template)  # fmt: skip
+        row = stage_row(model, cache.fmt, val_groups, config.train.eval_max_examples)
         if every:
             state.curve.append({"step": steps, **row})
         if not at_end:
