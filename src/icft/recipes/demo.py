@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import RunConfig, load_config
-from ..data.formatting import chat_messages, reference, resolve_template
+from ..data.formatting import chat_messages, reference
+from ..data.prompt_format import PromptFormat
 from ..data.schema import Example
 from ..evaluation.stage_eval import fixed_sample
+from ..runs import Run
 
 # The real sources: file under the shared folder, stage, and the share of groups held out of training.
 REAL_SOURCES = {
@@ -166,16 +168,16 @@ class Row:
         return self.trained - self.untrained
 
 
-def evaluate_both(base, trained, tokenizer, template: str, tests: dict[str, list[Example]],
-                  max_length: int) -> tuple[list[Row], dict]:  # fmt: skip
-    """Table rows and the JSON record: every group's metrics for both models, baselines, item scores."""
+def evaluate_both(base, trained, fmt: PromptFormat, tests: dict[str, list[Example]]) -> tuple[list[Row], dict]:
+    """Table rows and the JSON record: every group's metrics for both models, baselines, item scores.
+    Both models are asked in the trained run's prompt format (`fmt`), at its length."""
     from ..evaluation.baselines import trivial_baselines
     from ..evaluation.evaluate import evaluate_examples
 
     rows, record = [], {}
     for group, examples in tests.items():
-        results = {name: evaluate_examples(model, tokenizer, examples, max_length=max_length, progress=False,
-                                           template=template)  # fmt: skip
+        results = {name: evaluate_examples(model, fmt.tokenizer, examples, max_length=fmt.max_length,
+                                           progress=False, fmt=fmt)  # fmt: skip
                    for name, model in (("untrained", base), ("trained", trained))}
         baselines = trivial_baselines(examples)
         record[group] = {**{name: {"metrics": r.to_json(), "items": r.items} for name, r in results.items()},
@@ -229,14 +231,14 @@ def format_rows(rows: list[Row]) -> str:
 # 4. Answers with the memory facts they retrieved
 
 
-def answer_questions(base, trained, tokenizer, run_dir: Path, questions: list[Example], k: int,
-                     new_tokens: int) -> list[dict]:  # fmt: skip
+def answer_questions(base, run: Run, questions: list[Example], k: int, new_tokens: int) -> list[dict]:
     """Each question's prompt with its top-k memory facts (built as `icft chat` builds it), answered by both."""
     from ..inference.generate import Engine
     from ..memory.retrieval import load_retriever
 
-    icft = Engine(trained, tokenizer, "icft", load_retriever(run_dir, None, k), k)
-    untrained = Engine(base, tokenizer, "untrained")
+    retriever = load_retriever(run.path, None, k, memory=run.memory)
+    icft = Engine(run.model, run.tokenizer, "icft", retriever, k, fmt=run.format)
+    untrained = Engine(base, run.tokenizer, "untrained", fmt=run.format)
     prompts = [icft.chat_prompt(chat_messages(ex)[:-1], new_tokens) for ex in questions]
     answers = {name: engine.generate(prompts, new_tokens) for name, engine in (("untrained", untrained),
                                                                                ("icft", icft))}  # fmt: skip
@@ -331,7 +333,7 @@ def run_demo(config: RunConfig, output_dir: Path, shared: Path | None, sizes: Si
     """All five steps; prints as it goes and writes `demo.json` into the run folder. Returns that record."""
     from ..io import write_json
     from ..recipes.train import train
-    from ..runs import load_base, load_run
+    from ..runs import load_base
 
     sizes = sizes or Sizes()
     seconds: dict[str, float] = {}  # wall seconds per step
@@ -351,16 +353,14 @@ def run_demo(config: RunConfig, output_dir: Path, shared: Path | None, sizes: Si
     lap("train")
 
     _title("3. Held-out items: the untrained model against the ICFT-trained run")
-    base, tokenizer = load_base(config.model.name)
-    trained, _ = load_run(output_dir)
-    template = resolve_template(tokenizer, config.data.template)
-    rows, record = evaluate_both(base, trained, tokenizer, template, tests, config.model.max_length)
+    run = Run.from_pretrained(output_dir)  # the trained model, its prompt format and its long-term memory
+    base, _ = load_base(config.model.name)
+    rows, record = evaluate_both(base, run.model, run.format, tests)
     print(format_rows(rows))
     lap("evaluate")
 
     _title(f"4. Held-out questions answered with the {RETRIEVE} facts each retrieved from the run's long-term memory")
-    answers = answer_questions(base, trained, tokenizer, output_dir, pick_questions(tests, sizes.answers), RETRIEVE,
-                               sizes.new_tokens)  # fmt: skip
+    answers = answer_questions(base, run, pick_questions(tests, sizes.answers), RETRIEVE, sizes.new_tokens)
     print(format_answers(answers))
     lap("answers")
 
