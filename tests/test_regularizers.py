@@ -1,4 +1,5 @@
-"""The baseline add-ons: EWC's penalty, the EMA consistency teacher and the KL-to-base anchor."""
+"""The regularizers: EWC's penalty, the EMA and stored-output consistency teachers, the KL-to-base anchor, and
+the training loop calling them as components (the same parts as computed directly; checkpoints of older versions)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import pytest
 import torch
 
-from icft.regularizers import EWC, EMATeacher, FrozenBaseTeacher
+from icft.likelihood import target_logits
+from icft.regularizers import EWC, Batch, EMATeacher, FrozenBaseTeacher
 
 
 def _model() -> torch.nn.Module:
@@ -34,23 +36,33 @@ def test_ewc_is_zero_at_the_anchor_and_pulls_back_where_the_fisher_is_large():
 
 def test_ema_teacher_tracks_slowly_and_swaps_weights_back_exactly():
     model = _model()
-    teacher = EMATeacher(model, decay=0.9)
+    teacher = EMATeacher(model, decay=0.9, top_k=4)
     start = model[1].weight.detach().clone()
     with torch.no_grad():
         model[1].weight.add_(1.0)
-    teacher.update(model)
+    teacher.on_step(model)
     assert torch.allclose(teacher.shadow["1.weight"], start + 0.1)
-    current = model[1].weight.detach().clone()
+    current, parameter = model[1].weight.detach().clone(), model[1].weight
+    x = torch.randn(2, 4)
+    student = model(x).sum()  # the student's backward is still pending while the teacher runs
     with teacher.weights_in(model):
         assert torch.allclose(model[1].weight, start + 0.1) and not model.training
-    assert torch.equal(model[1].weight, current) and model.training
+        assert torch.allclose(model(x), torch.nn.functional.linear(model[0](x), start + 0.1, model[1].bias))
+    assert model[1].weight is parameter and torch.equal(parameter, current) and model.training
+    student.backward()  # nothing it saved was changed in place
+    assert parameter.grad is not None and teacher.shadow["1.weight"].grad is None
+
+
+def _view(model, inputs: dict) -> Batch:
+    """A batch without LTM rows as the regularizers see it, with the model's logits."""
+    logits, _, rows = target_logits(model, inputs)
+    return Batch(inputs, logits, rows, len(inputs["input_ids"]), [], None)
 
 
 def test_kl_to_base_is_zero_for_the_untrained_adapter_and_pulls_a_moved_one_back(tiny_llama_dir):
     from peft import LoraConfig, get_peft_model
 
     from icft.data.tokenize import collate, encode_pair
-    from icft.likelihood import target_logits
     from icft.models import load_model
 
     base, tokenizer = load_model(str(tiny_llama_dir))
@@ -60,24 +72,126 @@ def test_kl_to_base_is_zero_for_the_untrained_adapter_and_pulls_a_moved_one_back
     batch = collate([encode_pair(tokenizer, p, t, 64) for p, t in pairs], tokenizer.pad_token_id)
     anchor = FrozenBaseTeacher(weight=2.0, top_k=8)
     # LoRA starts with B = 0: the model is its base, so the anchor is exactly 0
-    assert anchor.penalty(model, batch, target_logits(model, batch)[0]).item() == pytest.approx(0.0, abs=1e-6)
+    assert anchor.penalty(model, _view(model, batch)).item() == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    moved = anchor.penalty(model, batch, target_logits(model, batch)[0])
+    moved = anchor.penalty(model, _view(model, batch))
     assert moved.item() > 0 and model.training  # the teacher ran in eval mode and gave the mode back
     moved.backward()
     lora = [p for n, p in model.named_parameters() if p.requires_grad]
     with torch.no_grad():
         for p in lora:
             p.sub_(0.05 * p.grad)
-    assert anchor.penalty(model, batch, target_logits(model, batch)[0]).item() < moved.item()
+    assert anchor.penalty(model, _view(model, batch)).item() < moved.item()
 
 
 def test_kl_to_base_needs_a_lora_model():
     with pytest.raises(ValueError, match="peft.method=lora"):
-        FrozenBaseTeacher(1.0, 4).penalty(_model(), {}, torch.zeros(1, 3))
+        FrozenBaseTeacher(1.0, 4).penalty(_model(), Batch({}, torch.zeros(1, 3), torch.zeros(1), 1, [], None))
+
+
+def test_the_training_loop_gets_each_regularizers_part_as_computed_directly(tiny_llama_dir):
+    """compute_losses calls the regularizers as a list; each part it returns is, to the bit, the term computed
+    here by hand (the EMA teacher with its weights copied into a copy of the model, as before it was a
+    component), and the parts keep their order in L_total's sum."""
+    import copy
+    import random
+
+    from icft.config import load_config
+    from icft.data.prompt_format import PromptFormat
+    from icft.data.schema import Example
+    from icft.data.tokenize import collate
+    from icft.losses import consistency_kl, top_k_outputs
+    from icft.memory import LongTermMemory, MemoryItem
+    from icft.recipes.train import TokenCache, build_regularizers, compute_losses, load_adapted_model
+    from icft.recipes.train import record_teacher_outputs as record
+    from icft.regularizers import StoredTeacher
+
+    torch.manual_seed(0)
+    config = load_config(None, [f"model.name={tiny_llama_dir}", "peft.r=4", "peft.dropout=0", "loss.ewc=3",
+                                "loss.kl_base=2", "memory.teacher=ema", "memory.ema_decay=0.5"])  # fmt: skip
+    model, tokenizer = load_adapted_model(config)
+    model.eval()
+    lora = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def move():
+        with torch.no_grad():
+            for p in lora.values():
+                p.add_(torch.randn_like(p) * 0.3)
+
+    move()
+    cache = TokenCache(PromptFormat(tokenizer, "plain", 48))
+    new = [Example("a", "qa", "s", question="Q?", options=["x", "y"], answer=1),
+           Example("b", "preference", "s", prompt="P?", chosen="good", rejected="bad")]
+    replay = [Example("c", "text", "s", text="Some replayed text here.")]
+    old = [Example(f"o{i}", "qa", "s", question=f"Old {i}?", answer=f"it was {i}") for i in range(3)]
+    ltm = LongTermMemory(10, "reservoir")
+    items = ltm.consolidate("s", [MemoryItem(ex) for ex in old], torch.zeros(3, 4).numpy(), random.Random(0))
+    record(model, cache, ltm, items, config.memory.teacher_top_k, "cpu")
+    ema, anchor, ewc = build_regularizers(config, model)
+    assert (type(ema), type(anchor), type(ewc)) == (EMATeacher, FrozenBaseTeacher, EWC)
+    ewc.on_stage_end(model, 0, new + replay, lambda b: compute_losses(model, cache, b, [], [], config, "cpu",
+                                                                      []).parts["task"])  # fmt: skip
+    move()
+    ema.on_step(model)
+    move()
+
+    out = compute_losses(model, cache, new, replay, items, config, "cpu", [ema, anchor, ewc])
+    assert list(out.parts) == ["task", "finetune", "consistency", "kl_base", "ewc"]
+    assert torch.equal(out.parts["ewc"], 0.5 * 3 * sum((ewc.fisher[n] * (p - ewc.anchor[n]).pow(2)).sum()
+                                                       for n, p in lora.items()))  # fmt: skip
+
+    seqs = [cache.encode(new[0]), cache.encode(new[1]), cache.encode(new[1], "rejected"), cache.encode(replay[0])]
+    ltm_seqs = [cache.encode(item.example) for item in items]  # the order the memory gave them
+    inputs = collate(seqs + ltm_seqs, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits, _, rows = target_logits(model, inputs)
+        student = logits[rows >= len(seqs)]
+        teacher = copy.deepcopy(model)
+        for n, p in teacher.named_parameters():
+            if n in ema.shadow:
+                p.copy_(ema.shadow[n])
+        ema_logits = target_logits(teacher, collate(ltm_seqs, tokenizer.pad_token_id))[0]
+        with model.disable_adapter():
+            base = target_logits(model, inputs)[0]
+    assert torch.equal(out.parts["consistency"], consistency_kl(student, *top_k_outputs(ema_logits, 16)))
+    assert torch.equal(out.parts["kl_base"], 2 * consistency_kl(logits, *top_k_outputs(base, 16)))
+    stored = consistency_kl(student, torch.cat([i.teacher_ids for i in items]),
+                            torch.cat([i.teacher_logprobs for i in items]))  # fmt: skip
+    assert torch.equal(compute_losses(model, cache, new, replay, items, config, "cpu", [StoredTeacher()])
+                       .parts["consistency"], stored)  # fmt: skip
+    assert stored > 0 and out.parts["consistency"] > 0 and out.parts["kl_base"] > 0 and out.parts["ewc"] > 0
+    # No LTM rows, no consistency; EWC before any stage end has no term: both parts are 0.
+    quiet = compute_losses(model, cache, new, replay, [], config, "cpu", [ema, EWC(1.0)])
+    assert quiet.parts["consistency"].item() == 0 and quiet.parts["ewc"].item() == 0
+
+
+def test_memory_loads_older_checkpoints_and_says_when_a_state_is_missing():
+    from icft.errors import TrainingError
+    from icft.memory import LongTermMemory, ReplaySchedule, ShortTermMemory
+    from icft.recipes.train import Memory
+
+    def memory(regularizers) -> Memory:
+        return Memory(ShortTermMemory(4), LongTermMemory(4, "reservoir"), ReplaySchedule(4, 0.25, 0.125), None,
+                      regularizers, True)  # fmt: skip
+
+    saved = memory([])
+    ewc, ema = EWC(1.0), EMATeacher(_model(), 0.9, 4)
+    ewc.fisher, ewc.anchor = {"1.bias": torch.ones(1)}, {"1.bias": torch.zeros(1)}
+    ema.shadow["1.bias"] = torch.full((1,), 7.0)
+    # Checkpoints before regularizers were components kept EWC's and the EMA teacher's states at the top level.
+    older = {**saved.state_dict(), "ema": ema.state_dict(), "ewc": ewc.state_dict()}
+    del older["regularizers"]
+    for state in (older, memory([ewc, ema]).state_dict()):
+        loaded = memory([EWC(1.0), EMATeacher(_model(), 0.9, 4)])
+        loaded.load_state_dict(state)
+        assert torch.equal(loaded.regularizers[0].fisher["1.bias"], torch.ones(1))
+        assert torch.equal(loaded.regularizers[1].shadow["1.bias"], torch.full((1,), 7.0))
+    memory([FrozenBaseTeacher(1.0, 4)]).load_state_dict({**older, "ewc": None})  # stateless: nothing to load
+    with pytest.raises(TrainingError, match="no state for the regularizer 'ema'"):
+        memory([EMATeacher(_model(), 0.9, 4)]).load_state_dict({**older, "ema": None})
 
 
 @pytest.mark.slow
@@ -121,7 +235,6 @@ def test_kl_to_base_trains_end_to_end_and_keeps_the_model_nearer_its_base(tiny_l
     from icft.data.formatting import prompt_and_target
     from icft.data.loaders import load_examples
     from icft.data.tokenize import collate, encode_pair
-    from icft.likelihood import target_logits
     from icft.runs import load_run
 
     examples = load_examples(staged_data[0]).examples[:16]
@@ -131,5 +244,5 @@ def test_kl_to_base_trains_end_to_end_and_keeps_the_model_nearer_its_base(tiny_l
         pairs = [encode_pair(tokenizer, *prompt_and_target(ex), 48) for ex in examples]
         batch = collate(pairs, tokenizer.pad_token_id)
         with torch.no_grad():
-            distance[name] = FrozenBaseTeacher(1.0, 8).penalty(model, batch, target_logits(model, batch)[0]).item()
+            distance[name] = FrozenBaseTeacher(1.0, 8).penalty(model, _view(model, batch)).item()
     assert distance["anchored"] < distance["free"]

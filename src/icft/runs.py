@@ -301,7 +301,8 @@ class Run:
     """A finished run, loaded whole (peft's `from_pretrained` style): what answering with it needs.
 
     `format` is the prompt format it trained in; `memory` its long-term memory (None when it saved none);
-    `config` its config.yaml. `Run.from_base(name)` wraps an untrained model the same way (format: auto).
+    `config` its config.yaml. `Run.from_base(name)` wraps a model folder or name the same way (format: its
+    prompt_format.json, else auto).
     """
 
     model: Any
@@ -321,11 +322,14 @@ class Run:
 
     @classmethod
     def from_base(cls, name: str, device: str | None = None) -> Run:
-        """An untrained model: no config, no memory, the prompt format its tokenizer calls for (auto)."""
+        """A model by name or folder: no config, no memory, the prompt format its tokenizer calls for (auto),
+        or the one saved in the folder (prompt_format.json: a model `icft export` wrote from a run)."""
         from .data.prompt_format import PromptFormat
 
         model, tokenizer = load_base(name, device)
-        return cls(model, tokenizer, PromptFormat.resolve(tokenizer, "auto"), {})
+        saved = Path(name) / PROMPT_FORMAT_FILE
+        fmt = load_prompt_format(name, tokenizer) if saved.is_file() else PromptFormat.resolve(tokenizer, "auto")
+        return cls(model, tokenizer, fmt, {})
 
 
 def load_prompt_format(run_dir: str | Path, tokenizer: Any) -> PromptFormat:

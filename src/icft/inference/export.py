@@ -6,8 +6,10 @@
 - without ``--merge``: the adapter folder as peft saved it, with the base model's name in
   ``icft_export.json`` and the model card, for ``PeftModel.from_pretrained`` or ``vllm serve --enable-lora``.
 
-Both carry the run's long-term memory (``memory/``, for retrieval) and a model card (``README.md``). The
-folder is written next to its destination and renamed into place, so a crash never leaves half an export.
+Both carry the run's prompt format (``prompt_format.json``: ``--model FOLDER`` loads it, so the model is asked
+in the format it was trained in), its long-term memory (``memory/``, for retrieval) and a model card
+(``README.md``). The folder is written next to its destination and renamed into place, so a crash never leaves
+half an export.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..io import atomic_path, check_output_dir, remove_leftovers
+from ..runs import PROMPT_FORMAT_FILE
 from .generate import InputError
 
 MARKER = "icft_export.json"
@@ -45,13 +48,15 @@ def export(run: str | Path, output: str | Path, merge: bool = False) -> Path:
             _save_merged(run, tmp)
         else:
             shutil.copytree(run / "adapter", tmp, dirs_exist_ok=True)
+        fmt = _prompt_format(run, tmp)
+        (tmp / PROMPT_FORMAT_FILE).write_text(json.dumps(fmt, indent=2) + "\n", encoding="utf-8")
         if (run / "memory").is_dir():
             shutil.copytree(run / "memory", tmp / "memory")
         kind = "merged" if (merge or full) else "adapter"
         meta = {"format": kind, "base_model": config["model"]["name"], "run": str(run.resolve())}
         (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(run, config, kind), encoding="utf-8")
-    print(f"wrote {output} ({kind} model, memory, model card)")
+    print(f"wrote {output} ({kind} model, prompt format {fmt['template']}, memory, model card)")
     return output
 
 
@@ -68,6 +73,19 @@ def _run_config(run: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not config["model"].get("name"):
         raise InputError(f"{path}: field 'model.name' missing (the adapter's base model)")
     return config
+
+
+def _prompt_format(run: Path, exported: Path) -> dict[str, Any]:
+    """The run's prompt format (prompt_format.json, or for an older run the one its config resolves to), checked
+    against the exported folder's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from ..runs import load_prompt_format
+
+    try:
+        return load_prompt_format(run, AutoTokenizer.from_pretrained(exported)).to_json()
+    except ConfigError as error:
+        raise InputError(str(error)) from None
 
 
 def _save_merged(run: Path, folder: Path) -> None:

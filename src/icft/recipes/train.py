@@ -7,7 +7,8 @@
    `train.max_steps` (`curriculum.StageSchedule`).
 3. Each step: draw the easiest competence(t) share of the current stage, re-mix high-loss examples from
    short-term memory (STM), replay exemplars from long-term memory (LTM); one forward pass; the three
-   loss terms; an optimizer step through accelerate.
+   loss terms, the consistency term from a regularizer (`regularizers.py`: the teacher, and for baselines
+   a KL anchor to the base model or EWC, called as a list); an optimizer step through accelerate.
 4. At each stage end: consolidate STM into LTM (exemplars chosen by herding on sentence embeddings, the
    model's outputs recorded as consistency targets), reset STM, and evaluate every stage's validation
    split (one row of the stage matrices).
@@ -63,7 +64,7 @@ from ..models import (
     resolve_target_modules,
 )
 from ..progress import MetricsLog, ProgressDisplay
-from ..regularizers import EWC, EMATeacher, FrozenBaseTeacher
+from ..regularizers import EWC, Batch, EMATeacher, FrozenBaseTeacher, Regularizer, StoredTeacher
 from ..runs import PROMPT_FORMAT_FILE, RunFolder, stamp
 
 
@@ -208,22 +209,26 @@ class TokenCache:
         return self.cache[key]
 
 
+REGULARIZER_PARTS = ("consistency", "kl_base", "ewc")  # in this order in L_total's sum
+
+
 @dataclass
 class StepLosses:
-    parts: dict[str, torch.Tensor]  # task, consistency, finetune (scalars)
+    parts: dict[str, torch.Tensor]  # task, finetune and the regularizers' parts: consistency, kl_base, ewc
     new_hardness: list[float]  # per new example: per-token NLL of its (chosen) answer, one scale for all kinds
     replay_hardness: list[float]  # the same for the STM examples replayed, to refresh their losses
     tokens: int
 
 
 def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Example], ltm: list[MemoryItem],
-                   config: RunConfig, device, teacher: EMATeacher | None = None,
-                   anchor: FrozenBaseTeacher | None = None) -> StepLosses:  # fmt: skip
+                   config: RunConfig, device, regularizers: list[Regularizer] | None = None) -> StepLosses:  # fmt: skip
     """Loss parts for one micro-batch, in one forward pass over new, STM-replayed and LTM-replayed rows.
 
-    The consistency targets are the LTM items' stored outputs, or with an EMA `teacher` its outputs now. A
-    KL-to-base `anchor` adds the part `kl_base` over every target token of the batch.
+    Each of the `regularizers` fills its part (`regularizers.py`); a part without one is 0. None: ICFT's own,
+    the consistency term on the LTM items' stored outputs (where loss.consistency > 0).
     """
+    if regularizers is None:
+        regularizers = [StoredTeacher()] if config.loss.consistency > 0 else []
     seqs: list[TokenizedPair] = []
     rows, pairs = [], []  # row of each new example's (chosen) answer; (index in new, rejected row) of pairs
     for i, ex in enumerate(new):
@@ -237,13 +242,6 @@ def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Ex
     ltm_start = len(seqs)
     seqs += [cache.encode(item.example) for item in ltm]
 
-    if ltm and teacher is not None and config.loss.consistency > 0:
-        # The EMA teacher runs first: swapping its weights in and out after the student's forward pass
-        # would change tensors that the student's backward pass still needs.
-        ltm_batch = collate(seqs[ltm_start:], cache.tokenizer.pad_token_id)
-        with teacher.weights_in(model), torch.no_grad():
-            ema_logits = target_logits(model, {k: v.to(device) for k, v in ltm_batch.items()})[0]
-            ema_targets = losses.top_k_outputs(ema_logits, config.memory.teacher_top_k)
     batch = {k: v.to(device) for k, v in collate(seqs, cache.tokenizer.pad_token_id).items()}
     logits, targets, token_rows = target_logits(model, batch)
     nll, _ = losses.per_sequence_nll(logits, targets, token_rows, len(seqs))
@@ -255,19 +253,14 @@ def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Ex
     parts = {
         "task": task.mean() if len(new) else zero,
         "finetune": nll[replay_start:].mean() if len(seqs) > replay_start else zero,
-        "consistency": zero,
+        **dict.fromkeys(REGULARIZER_PARTS, zero),
     }
-    if ltm and config.loss.consistency > 0:
-        on_ltm = token_rows >= ltm_start  # tokens come out row by row, so they line up with the stored targets
-        if teacher is not None:
-            teacher_ids, teacher_logprobs = ema_targets
-        else:
-            teacher_ids = torch.cat([item.teacher_ids for item in ltm]).to(device)
-            teacher_logprobs = torch.cat([item.teacher_logprobs for item in ltm]).to(device)
-        if teacher_ids.shape[0] != int(on_ltm.sum()):
-            raise TrainingError("stored LTM teacher outputs do not match the replayed tokens")
-        parts["consistency"] = losses.consistency_kl(logits[on_ltm], teacher_ids, teacher_logprobs)
-    parts["kl_base"] = anchor.penalty(model, batch, logits) if anchor is not None else zero
+    view = Batch(batch, logits, token_rows, ltm_start, ltm,
+                 collate(seqs[ltm_start:], cache.tokenizer.pad_token_id) if ltm else None)  # fmt: skip
+    for regularizer in regularizers:
+        value = regularizer.penalty(model, view)
+        if value is not None:
+            parts[regularizer.part] = value
     detached = nll.detach().float().cpu()
     return StepLosses(parts, detached[rows].tolist(), detached[replay_start:ltm_start].tolist(),
                       int(batch["attention_mask"].sum()))  # fmt: skip
@@ -407,18 +400,33 @@ def run_recipe(config: RunConfig, folder: RunFolder) -> None:
     accelerator.end_training()  # last: it also takes down the process group the barrier above needs
 
 
+def build_regularizers(config: RunConfig, model) -> list[Regularizer]:
+    """The regularizers a config switches on (`model` before accelerate wraps it), in the order their parts
+    are summed: the consistency teacher (ICFT's stored outputs, or an EMA of the adapter), the KL-to-base
+    anchor, EWC."""
+    mc, lc = config.memory, config.loss
+    regularizers: list[Regularizer] = []
+    if mc.enabled and lc.consistency > 0:
+        regularizers.append(EMATeacher(model, mc.ema_decay, mc.teacher_top_k) if mc.teacher == "ema"
+                            else StoredTeacher())  # fmt: skip
+    if lc.kl_base > 0:
+        regularizers.append(FrozenBaseTeacher(lc.kl_base, mc.teacher_top_k))
+    if lc.ewc > 0:
+        regularizers.append(EWC(lc.ewc))
+    return regularizers
+
+
 @dataclass
 class Memory:
     """Everything that remembers across steps besides the weights: ICFT's two memories, how many replay
-    slots each fills, and the baselines' add-ons (an EMA teacher, EWC, a KL anchor to the base model)."""
+    slots each fills, and the regularizers (ICFT's consistency teacher, the baselines' EMA teacher, KL
+    anchor to the base model and EWC)."""
 
     stm: ShortTermMemory
     ltm: LongTermMemory
     replay: ReplaySchedule
     embedder: Embedder | None
-    teacher: EMATeacher | None
-    ewc: EWC | None
-    anchor: FrozenBaseTeacher | None
+    regularizers: list[Regularizer]
     enabled: bool
 
     @classmethod
@@ -427,22 +435,25 @@ class Memory:
         return cls(stm=ShortTermMemory(mc.stm_capacity), ltm=LongTermMemory(mc.ltm_capacity, mc.selection),
                    replay=ReplaySchedule(config.train.batch_size, mc.ltm_replay if on else 0.0,
                                          mc.stm_replay if on else 0.0),
-                   embedder=Embedder() if on else None,
-                   teacher=EMATeacher(model, mc.ema_decay) if on and mc.teacher == "ema" else None,
-                   ewc=EWC(config.loss.ewc) if config.loss.ewc > 0 else None,
-                   anchor=FrozenBaseTeacher(config.loss.kl_base, mc.teacher_top_k) if config.loss.kl_base > 0 else None,
+                   embedder=Embedder() if on else None, regularizers=build_regularizers(config, model),
                    enabled=on)  # fmt: skip
 
     def state_dict(self) -> dict:
         return {"stm": self.stm.state_dict(), "ltm": self.ltm.state_dict(), "replay": self.replay.state_dict(),
-                "ema": self.teacher and self.teacher.state_dict(),
-                "ewc": self.ewc and self.ewc.state_dict()}  # fmt: skip
+                "regularizers": {r.name: r.state_dict() for r in self.regularizers}}  # fmt: skip
 
     def load_state_dict(self, saved: dict) -> None:
-        for part, name in ((self.stm, "stm"), (self.ltm, "ltm"), (self.replay, "replay"), (self.teacher, "ema"),
-                           (self.ewc, "ewc")):  # fmt: skip
-            if part is not None:
-                part.load_state_dict(saved[name])
+        for part, name in ((self.stm, "stm"), (self.ltm, "ltm"), (self.replay, "replay")):
+            part.load_state_dict(saved[name])
+        states = saved.get("regularizers")
+        if states is None:  # a checkpoint of an older version: EWC and the EMA teacher under keys of their own
+            states = {name: saved[name] for name in (EWC.name, EMATeacher.name) if saved.get(name) is not None}
+        for regularizer in self.regularizers:
+            if regularizer.name in states:
+                regularizer.load_state_dict(states[regularizer.name])
+            elif regularizer.state_dict():
+                raise TrainingError(f"the checkpoint holds no state for the regularizer '{regularizer.name}': it "
+                                    "was written under another loss or memory config")  # fmt: skip
 
 
 def start_or_resume(config: RunConfig, run_dir: Path, resume: bool, accelerator, model, optimizer, scheduler,
@@ -478,10 +489,8 @@ def train_step(model, optimizer, accelerator, cache: TokenCache, memory: Memory,
         n_ltm, n_stm = memory.replay.counts(len(memory.ltm) > 0, len(memory.stm) > 0)
         ltm_items, replayed = memory.ltm.sample(n_ltm, rng), memory.stm.sample_hard(n_stm, rng)
         new = schedule.sample(step, config.train.batch_size - n_ltm - n_stm)
-        out = compute_losses(model, cache, new, replayed, ltm_items, config, accelerator.device, memory.teacher,
-                             memory.anchor)  # fmt: skip
-        penalty = memory.ewc.penalty(accelerator.unwrap_model(model)) if memory.ewc else None
-        out.parts["ewc"] = penalty if penalty is not None else out.parts["task"].new_zeros(())
+        out = compute_losses(model, cache, new, replayed, ltm_items, config, accelerator.device,
+                             memory.regularizers)  # fmt: skip
         total_loss = losses.weighted_total(out.parts, weights)
         if not torch.isfinite(total_loss):
             raise TrainingError(
@@ -494,8 +503,8 @@ def train_step(model, optimizer, accelerator, cache: TokenCache, memory: Memory,
             accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
-        if memory.teacher is not None:
-            memory.teacher.update(accelerator.unwrap_model(model))
+        for regularizer in memory.regularizers:
+            regularizer.on_step(accelerator.unwrap_model(model))
         if memory.enabled:
             memory.stm.update(new + replayed, out.new_hardness + out.replay_hardness)
     return {"total": total_loss.item(), **{k: v.item() for k, v in out.parts.items()}}, out.tokens
@@ -513,7 +522,8 @@ def log_progress(log: MetricsLog, bar: ProgressDisplay, accelerator, step: int, 
 
 def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val_groups, model, cache: TokenCache,
                 memory: Memory, config: RunConfig, rng, device, bar) -> None:  # fmt: skip
-    """Plateau checks, consolidation and the stage matrices' next row, where this step calls for them."""
+    """Plateau checks, consolidation, the regularizers' stage ends and the stage matrices' next row, where this
+    step calls for them."""
     cc, mc, steps = config.curriculum, config.memory, state.step
     index = schedule.stage_index(steps - 1)
     stage_start = schedule.ends[index - 1] if index else 0
@@ -528,11 +538,12 @@ def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val
         schedule.start_next_stage()
     if mc.enabled and (at_end or (mc.consolidate_every and steps % mc.consolidate_every == 0)):
         consolidate(model, cache, memory.stm, memory.ltm, memory.embedder, stages[index].name, config, rng, device)
-    if at_end and memory.ewc is not None:
-        sample = random.Random(index).sample(stages[index].examples, min(64, len(stages[index].examples)))
-        batches = (sample[i : i + 8] for i in range(0, len(sample), 8))
-        memory.ewc.consolidate(model, (compute_losses(model, cache, b, [], [], config, device).parts["task"]
-                                       for b in batches))  # fmt: skip
+    if at_end:
+        def task_loss(examples: list[Example]) -> torch.Tensor:
+            return compute_losses(model, cache, examples, [], [], config, device, []).parts["task"]
+
+        for regularizer in memory.regularizers:
+            regularizer.on_stage_end(model, index, stages[index].examples, task_loss)
     every = config.train.eval_every and steps % config.train.eval_every == 0
     if (at_end or every) and config.train.eval_max_examples and any(val_groups):
         row = stage_row(model, cache.fmt, val_groups, config.train.eval_max_examples)
