@@ -40,7 +40,7 @@ from icft.data.formatting import prompt_and_target, resolve_template  # noqa: E4
 from icft.data.sources import load_data  # noqa: E402
 from icft.data.tokenize import collate, encode_pair  # noqa: E402
 from icft.io import write_json  # noqa: E402
-from icft.models import MINILM_DECODER, extra_trainable_modules, load_model, lora_target_modules  # noqa: E402
+from icft.models import SMOLLM2, extra_trainable_modules, load_model, lora_target_modules  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
 
 
@@ -124,7 +124,7 @@ def spread(values: list[float], digits: int = 0) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=MINILM_DECODER)
+    parser.add_argument("--model", default=SMOLLM2)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
