@@ -2,9 +2,10 @@
 
 A checkpoint holds the trainable weights, the optimizer and scheduler (written by the main process) and
 one `rank<i>.pt` per process with everything else a resumed run needs: the run state, the curriculum
-schedule, both memories and the random-number generators. Each process draws its own batches and keeps
-its own memories, so each restores its own file. A killed run resumed from here ends exactly where an
-uninterrupted run would (tests/test_train.py checks it).
+schedule, both memories and the random-number generators (CUDA's too, where the run uses a GPU). Each
+process draws its own batches and keeps its own memories, so each restores its own file. A killed run
+resumed from here ends exactly where an uninterrupted run would (tests/test_train.py checks it on CPU;
+tests/test_checkpoint_rng.py checks the CUDA generator where there is one).
 """
 
 from __future__ import annotations
@@ -122,12 +123,21 @@ def load_checkpoint(path: Path, accelerator: Accelerator, model, optimizer, sche
 
 
 def rng_states(rng: random.Random) -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "recipe": rng.getstate()}  # fmt: skip
+    """Every generator a training step draws from. On a GPU, dropout (LoRA's included) draws from the CUDA
+    generator of the process's own device (accelerate gives each process one): saved where CUDA is in use."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+              "recipe": rng.getstate()}  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # not initialized: nothing ran on a GPU
+        states["cuda"] = torch.cuda.get_rng_state()  # the current device's
+    return states
 
 
 def restore_rng_states(states: dict, rng: random.Random) -> None:
+    """Restore rng_states(). A checkpoint without a CUDA state (an older one, or a CPU run) leaves CUDA's
+    generator as seeded; a CUDA state resumed on a machine without CUDA is not needed there."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
     rng.setstate(states["recipe"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])

@@ -1,166 +1,194 @@
-"""Run configuration: small dataclasses, loaded from YAML with `--set dotted.key=value` overrides.
+"""Run configuration: pydantic models, loaded from YAML with `--set dotted.key=value` overrides.
 
 Every key is checked before any data or model loads: an unknown key, or a value of the wrong type or
-range, is a ConfigError naming the key. The allowed values of a key live next to it, in the field's
-metadata (`choice`, `between`, `at_least`): one source for the check and for the reader.
+range, is a ConfigError naming the key. A key's type and allowed values are its field's annotation
+(`Literal[...]`, `Field(ge=..., lt=...)`): one source for the check and for the reader. Types are strict
+(no "3" for 3, no true for 1); an int is accepted where a float is expected. Assignment is not validated
+(a config stays mutable, as `icft compare` and the demo need it): `check(config)` validates it again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
-SCORERS = ("length", "rarity", "model_loss")  # difficulty scorers, see curriculum.py
-PACINGS = ("none", "linear", "sqrt", "step")  # competence schedules, see curriculum.competence
-SELECTIONS = ("herding", "kcenter", "reservoir")  # LTM exemplar selection, see memory/selection.py
-TEMPLATES = ("auto", "plain", "chat")  # prompt format, see data/formatting.py
+Scorer = Literal["length", "rarity", "model_loss"]  # difficulty scorers, see curriculum.py
+Pacing = Literal["none", "linear", "sqrt", "step"]  # competence schedules, see curriculum.competence
+Selection = Literal["herding", "kcenter", "reservoir"]  # LTM exemplar selection, see memory/selection.py
+Template = Literal["auto", "plain", "chat"]  # prompt format, see data/formatting.py
+SCORERS, PACINGS, SELECTIONS, TEMPLATES = (typing.get_args(t) for t in (Scorer, Pacing, Selection, Template))
 
 
-def choice(default: Any, allowed: tuple) -> Any:
-    return field(default=default, metadata={"choices": allowed})
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def between(default: float, low: float, high: float, high_open: bool = False) -> Any:
-    """A number in [low, high], or [low, high) with high_open."""
-    return field(default=default, metadata={"range": (low, high, high_open)})
-
-
-def at_least(default: float, low: float) -> Any:
-    return field(default=default, metadata={"range": (low, None, False)})
-
-
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     name: str = "smollm2-135m-instruct"  # hub id, local folder, or an embedded model (see models.py)
-    max_length: int = at_least(128, 8)  # tokens per training sequence
+    max_length: int = Field(128, ge=8)  # tokens per training sequence
 
 
-@dataclass
-class PeftConfig:
-    method: str = choice("lora", ("lora", "full"))  # "full": full fine-tuning, a baseline
-    r: int = at_least(8, 1)
-    alpha: int = at_least(16, 1)
-    dropout: float = between(0.05, 0.0, 1.0, high_open=True)
+class PeftConfig(Section):
+    method: Literal["lora", "full"] = "lora"  # "full": full fine-tuning, a baseline
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | str | None = None  # None or "attention": per architecture; "all-linear"; or names
-    quantization: str = choice("none", ("none", "4bit"))  # 4bit: QLoRA (bitsandbytes, CUDA GPUs only)
+    quantization: Literal["none", "4bit"] = "none"  # 4bit: QLoRA (bitsandbytes, CUDA GPUs only)
 
 
-@dataclass
-class DataConfig:
-    train: list[str] = field(default_factory=lambda: ["bundled:train"])
+class DataConfig(Section):
+    train: list[str] = ["bundled:train"]
     # Stage metrics (the accuracy matrix, forgetting) need items about what training taught: retention probes.
-    validation: list[str] = field(default_factory=lambda: ["bundled:validation-retention"])
+    validation: list[str] = ["bundled:validation-retention"]
     # With no validation files, this share of the training data is held out for the stage metrics.
-    validation_split: float = between(0.05, 0.0, 0.5)
-    max_train_examples: int = at_least(0, 0)  # 0: all
-    template: str = choice("auto", TEMPLATES)  # auto: the tokenizer's chat template where it has one
+    validation_split: float = Field(0.05, ge=0.0, le=0.5)
+    max_train_examples: int = Field(0, ge=0)  # 0: all
+    template: Template = "auto"  # auto: the tokenizer's chat template where it has one
 
 
-@dataclass
-class CurriculumConfig:
-    order: str = choice("curriculum", ("curriculum", "mixed"))  # mixed: all stages shuffled together
-    stages: list[str] | str = field(default_factory=lambda: ["general", "knowledge", "clinical"])  # or "auto"
-    num_stages: int = at_least(3, 1)  # with stages: auto, difficulty quantiles
+class CurriculumConfig(Section):
+    order: Literal["curriculum", "mixed"] = "curriculum"  # mixed: all stages shuffled together
+    stages: list[str] | str = ["general", "knowledge", "clinical"]  # or "auto"
+    num_stages: int = Field(3, ge=1)  # with stages: auto, difficulty quantiles
     stage_steps: list[float] | None = None  # share of train.max_steps per stage; None: in proportion to size
-    pacing: str = choice("sqrt", PACINGS)  # competence schedule inside a stage
-    start_competence: float = between(0.2, 0.0, 1.0)
-    pacing_share: float = between(0.8, 0.0, 1.0)  # competence reaches 1 after this share of the stage's steps
-    scorers: dict[str, float] = field(default_factory=lambda: {"length": 1.0, "rarity": 1.0})
-    plateau_patience: int = at_least(0, 0)  # >0: a stage also ends once its validation loss stops improving
-    plateau_every: int = at_least(20, 1)  # steps between those checks
-    plateau_min_delta: float = at_least(0.01, 0.0)  # the least drop in loss that counts as improving
+    pacing: Pacing = "sqrt"  # competence schedule inside a stage
+    start_competence: float = Field(0.2, ge=0.0, le=1.0)
+    pacing_share: float = Field(0.8, ge=0.0, le=1.0)  # competence reaches 1 after this share of the stage's steps
+    scorers: dict[str, float] = {"length": 1.0, "rarity": 1.0}
+    plateau_patience: int = Field(0, ge=0)  # >0: a stage also ends once its validation loss stops improving
+    plateau_every: int = Field(20, ge=1)  # steps between those checks
+    plateau_min_delta: float = Field(0.01, ge=0.0)  # the least drop in loss that counts as improving
+
+    @field_validator("scorers", mode="before")
+    @classmethod
+    def _scorer_names_as_text(cls, value: Any) -> Any:  # YAML reads `{1: 2}` with an int key
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
-@dataclass
-class MemoryConfig:
+class MemoryConfig(Section):
     enabled: bool = True
-    stm_capacity: int = at_least(256, 1)
-    stm_replay: float = between(0.125, 0.0, 1.0, high_open=True)  # share of each batch re-mixed from the STM
-    ltm_capacity: int = at_least(384, 1)
-    ltm_replay: float = between(0.25, 0.0, 1.0, high_open=True)  # share of each batch replayed from the LTM
-    selection: str = choice("herding", SELECTIONS)
-    consolidate_every: int = at_least(0, 0)  # also consolidate every N steps (0: only at stage ends)
-    teacher_top_k: int = at_least(16, 1)  # top-k output distribution stored per target token
+    stm_capacity: int = Field(256, ge=1)
+    stm_replay: float = Field(0.125, ge=0.0, lt=1.0)  # share of each batch re-mixed from the STM
+    ltm_capacity: int = Field(384, ge=1)
+    ltm_replay: float = Field(0.25, ge=0.0, lt=1.0)  # share of each batch replayed from the LTM
+    selection: Selection = "herding"
+    consolidate_every: int = Field(0, ge=0)  # also consolidate every N steps (0: only at stage ends)
+    teacher_top_k: int = Field(16, ge=1)  # top-k output distribution stored per target token
     # The consistency teacher: "stored" outputs at consolidation (ICFT), or "ema", an exponential moving
     # average of the adapter run on the replayed items (I-LoRA / CLS-ER; one more forward pass a step).
-    teacher: str = choice("stored", ("stored", "ema"))
-    ema_decay: float = between(0.99, 0.0, 1.0, high_open=True)
+    teacher: Literal["stored", "ema"] = "stored"
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
     # Put the k facts nearest to each training example (from the other training examples) in its prompt, so
     # the model learns to use the context `--retrieve` gives it at answer time (0: off).
-    retrieve_in_training: int = at_least(0, 0)
+    retrieve_in_training: int = Field(0, ge=0)
 
 
-@dataclass
-class LossConfig:
-    task: float = at_least(1.0, 0.0)  # w_t: supervised loss on the current batch
-    consistency: float = at_least(1.0, 0.0)  # w_c: KL to the stored outputs on replayed LTM examples
-    finetune: float = at_least(1.0, 0.0)  # w_f: language-modelling loss on replayed memory examples
-    ewc: float = at_least(0.0, 0.0)  # lambda of elastic weight consolidation on the adapter (a baseline; 0: off)
-    kl_base: float = at_least(0.0, 0.0)  # lambda of KL(base model || model) on each batch (a baseline; 0: off)
+class LossConfig(Section):
+    task: float = Field(1.0, ge=0.0)  # w_t: supervised loss on the current batch
+    consistency: float = Field(1.0, ge=0.0)  # w_c: KL to the stored outputs on replayed LTM examples
+    finetune: float = Field(1.0, ge=0.0)  # w_f: language-modelling loss on replayed memory examples
+    ewc: float = Field(0.0, ge=0.0)  # lambda of elastic weight consolidation on the adapter (a baseline; 0: off)
+    kl_base: float = Field(0.0, ge=0.0)  # lambda of KL(base model || model) on each batch (a baseline; 0: off)
 
 
-@dataclass
-class TrainConfig:
-    max_steps: int = at_least(300, 1)  # optimizer steps over all stages
-    batch_size: int = at_least(16, 1)  # micro-batch per process
-    grad_accum: int = at_least(1, 1)
-    lr: float = at_least(1e-3, 0.0)
-    weight_decay: float = at_least(0.0, 0.0)
-    warmup_ratio: float = between(0.05, 0.0, 1.0)
-    max_grad_norm: float = at_least(1.0, 0.0)
+class TrainConfig(Section):
+    max_steps: int = Field(300, ge=1)  # optimizer steps over all stages
+    batch_size: int = Field(16, ge=1)  # micro-batch per process
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    max_grad_norm: float = Field(1.0, ge=0.0)
     seed: int = 0
-    save_every: int = at_least(100, 1)
-    log_every: int = at_least(10, 1)
-    mixed_precision: str = choice("no", ("no", "fp16", "bf16"))  # through accelerate; bf16 also on CPU
+    save_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # through accelerate; bf16 also on CPU
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
-    eval_max_examples: int = at_least(200, 0)  # per stage, for the after-stage accuracy matrix (0: skip it)
-    eval_every: int = at_least(0, 0)  # also measure every stage's validation items every N steps (learning curves)
+    eval_max_examples: int = Field(200, ge=0)  # per stage, for the after-stage accuracy matrix (0: skip it)
+    eval_every: int = Field(0, ge=0)  # also measure every stage's validation items every N steps (learning curves)
 
 
-@dataclass
-class CompareConfig:
+class CompareConfig(Section):
     """Used by `icft compare` only: which methods, how many seeds, what to test on."""
 
-    methods: list[str] = field(
-        default_factory=lambda: ["base", "full-ft", "lora-mixed", "lora-sequential", "lora-curriculum",
-                                 "lora-memory", "icft"]  # fmt: skip
-    )
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: list[str] = ["base", "full-ft", "lora-mixed", "lora-sequential", "lora-curriculum", "lora-memory", "icft"]
+    seeds: list[int] = [0, 1, 2]
     # The ablations (icft-no-*) run on the first N seeds only (0: all): they answer "which part matters",
     # a smaller question than ICFT against the baselines, so they get fewer runs.
-    ablation_seeds: int = at_least(0, 0)
-    test: list[str] = field(default_factory=lambda: ["bundled:test-retention", "bundled:test-unseen"])
-    max_test_examples: int = at_least(0, 0)  # per kind (0: all)
-    full_ft_lr: float = at_least(1e-4, 0.0)  # full fine-tuning needs a smaller step than LoRA
-    jobs: int = at_least(1, 1)  # runs side by side, one CPU thread each (CPU machines); 1 = one after another
+    ablation_seeds: int = Field(0, ge=0)
+    test: list[str] = ["bundled:test-retention", "bundled:test-unseen"]
+    max_test_examples: int = Field(0, ge=0)  # per kind (0: all)
+    full_ft_lr: float = Field(1e-4, ge=0.0)  # full fine-tuning needs a smaller step than LoRA
+    jobs: int = Field(1, ge=1)  # runs side by side, one CPU thread each (CPU machines); 1 = one after another
     # Learning-rate selection, the same for every method: at the first seed, train with each scale times the
     # method's own rate (train.lr; full_ft_lr for full-ft), keep the best on validation. []: no selection.
-    lr_scales: list[float] = field(default_factory=list)
+    lr_scales: list[float] = []
 
 
-@dataclass
-class RunConfig:
+class RunConfig(Section):
     name: str = "demo"
     output_dir: str = ""  # default runs/<name>
-    model: ModelConfig = field(default_factory=ModelConfig)
-    peft: PeftConfig = field(default_factory=PeftConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    compare: CompareConfig = field(default_factory=CompareConfig)
+    model: ModelConfig = ModelConfig()
+    peft: PeftConfig = PeftConfig()
+    data: DataConfig = DataConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    memory: MemoryConfig = MemoryConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    compare: CompareConfig = CompareConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    @model_validator(mode="after")
+    def _rules_between_keys(self) -> RunConfig:
+        """The rules a single field's annotation cannot say; they run once every field is valid."""
+        cc, mc, loss = self.curriculum, self.memory, self.loss
+        if isinstance(cc.stages, str) and cc.stages != "auto":
+            raise ConfigError(f"config key 'curriculum.stages': expected a list of stage names or auto, got "
+                              f"{cc.stages!r}")  # fmt: skip
+        if isinstance(cc.stages, list) and (not cc.stages or len(set(cc.stages)) != len(cc.stages)):
+            raise ConfigError(f"config key 'curriculum.stages': needs distinct stage names, got {cc.stages}")
+        if cc.stage_steps is not None and (not cc.stage_steps or any(s <= 0 for s in cc.stage_steps)):
+            raise ConfigError("config key 'curriculum.stage_steps': shares must be positive")
+        for name, weight in cc.scorers.items():
+            if name not in SCORERS:
+                raise ConfigError(f"config key 'curriculum.scorers': unknown scorer '{name}' (known: "
+                                  f"{', '.join(SCORERS)})")  # fmt: skip
+            if weight < 0:
+                raise ConfigError(f"config key 'curriculum.scorers.{name}': must be >= 0, got {weight}")
+        if not any(w > 0 for w in cc.scorers.values()):
+            raise ConfigError("config key 'curriculum.scorers': give one scorer a positive weight, e.g. {length: 1}")
+        target = self.peft.target_modules
+        if isinstance(target, str) and target not in ("attention", "all-linear"):
+            raise ConfigError(f"config key 'peft.target_modules': {target!r} is not attention, all-linear or a name "
+                              "list")  # fmt: skip
+        if mc.stm_replay + mc.ltm_replay >= 1.0:
+            raise ConfigError("config keys 'memory.stm_replay' + 'memory.ltm_replay' must leave room for new data "
+                              "(< 1)")  # fmt: skip
+        if loss.kl_base > 0 and self.peft.method != "lora":
+            raise ConfigError("config key 'loss.kl_base': the base model is the LoRA model with its adapter off; "
+                              "it needs peft.method=lora")  # fmt: skip
+        if loss.task == 0 and loss.consistency == 0 and loss.finetune == 0:
+            raise ConfigError("config keys 'loss.task', 'loss.consistency' and 'loss.finetune' are all 0: nothing "
+                              "to train on; give one a positive weight")  # fmt: skip
+        if not self.data.train:
+            raise ConfigError("config key 'data.train': give at least one training file (or bundled:train)")
+        if not self.compare.seeds:
+            raise ConfigError("config key 'compare.seeds': give at least one seed, e.g. [0, 1, 2]")
+        if not self.compare.methods:
+            raise ConfigError("config key 'compare.methods': give at least one method")
+        if any(x <= 0 for x in self.compare.lr_scales):
+            raise ConfigError(f"config key 'compare.lr_scales': scales must be positive, got {self.compare.lr_scales}")
+        return self
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -177,9 +205,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not sep:
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
         _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    config = _build(RunConfig, raw, "")
-    check(config)
-    return config
+    return _validate(raw)
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -219,97 +245,63 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config key '{prefix.rstrip('.')}': expected a section (mapping)")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            continue
-        hint, key = hints[f.name], prefix + f.name
-        if dataclasses.is_dataclass(hint):
-            values[f.name] = _build(hint, raw[f.name], key + ".")
-        else:
-            values[f.name] = _coerce(raw[f.name], hint, key)
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check a value against its annotated type; ints are accepted where floats are expected."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for option in options:
-        if option is type(None) and value is None:
-            return None
-        origin = typing.get_origin(option) or option
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if origin in (str, bool) and type(value) is origin:
-            return value
-        if origin is list and isinstance(value, list):
-            (item,) = typing.get_args(option)
-            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-        if origin is dict and isinstance(value, dict):
-            _, item = typing.get_args(option)
-            return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
-    expected = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
-
-
 def check(config: RunConfig) -> None:
-    """Every key against its field's allowed values, then the rules that tie keys together."""
-    _check_fields(config, "")
-    cc, mc, loss = config.curriculum, config.memory, config.loss
-    if isinstance(cc.stages, str) and cc.stages != "auto":
-        raise ConfigError(f"config key 'curriculum.stages': expected a list of stage names or auto, got {cc.stages!r}")
-    if isinstance(cc.stages, list) and (not cc.stages or len(set(cc.stages)) != len(cc.stages)):
-        raise ConfigError(f"config key 'curriculum.stages': needs distinct stage names, got {cc.stages}")
-    if cc.stage_steps is not None and (not cc.stage_steps or any(s <= 0 for s in cc.stage_steps)):
-        raise ConfigError("config key 'curriculum.stage_steps': shares must be positive")
-    for name, weight in cc.scorers.items():
-        if name not in SCORERS:
-            raise ConfigError(f"config key 'curriculum.scorers': unknown scorer '{name}' (known: {', '.join(SCORERS)})")
-        if weight < 0:
-            raise ConfigError(f"config key 'curriculum.scorers.{name}': must be >= 0, got {weight}")
-    if not any(w > 0 for w in cc.scorers.values()):
-        raise ConfigError("config key 'curriculum.scorers': give one scorer a positive weight, e.g. {length: 1}")
-    target = config.peft.target_modules
-    if isinstance(target, str) and target not in ("attention", "all-linear"):
-        raise ConfigError(f"config key 'peft.target_modules': {target!r} is not attention, all-linear or a name list")
-    if mc.stm_replay + mc.ltm_replay >= 1.0:
-        raise ConfigError("config keys 'memory.stm_replay' + 'memory.ltm_replay' must leave room for new data (< 1)")
-    if config.loss.kl_base > 0 and config.peft.method != "lora":
-        raise ConfigError("config key 'loss.kl_base': the base model is the LoRA model with its adapter off; "
-                          "it needs peft.method=lora")  # fmt: skip
-    if loss.task == 0 and loss.consistency == 0 and loss.finetune == 0:
-        raise ConfigError("config keys 'loss.task', 'loss.consistency' and 'loss.finetune' are all 0: nothing to "
-                          "train on; give one a positive weight")  # fmt: skip
-    if not config.data.train:
-        raise ConfigError("config key 'data.train': give at least one training file (or bundled:train)")
-    if not config.compare.seeds:
-        raise ConfigError("config key 'compare.seeds': give at least one seed, e.g. [0, 1, 2]")
-    if not config.compare.methods:
-        raise ConfigError("config key 'compare.methods': give at least one method")
-    if any(not isinstance(x, (int, float)) or x <= 0 for x in config.compare.lr_scales):
-        raise ConfigError(f"config key 'compare.lr_scales': scales must be positive, got {config.compare.lr_scales}")
+    """Validate a config again after its fields were assigned (assignment itself is not validated)."""
+    _validate(config.model_dump())
 
 
-def _check_fields(node: Any, prefix: str) -> None:
-    for f in dataclasses.fields(node):
-        value, key = getattr(node, f.name), prefix + f.name
-        if dataclasses.is_dataclass(value):
-            _check_fields(value, key + ".")
-            continue
-        if "choices" in f.metadata and value not in f.metadata["choices"]:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(f.metadata['choices'])}")
-        if "range" in f.metadata:
-            low, high, high_open = f.metadata["range"]
-            if value < low or (high is not None and (value >= high if high_open else value > high)):
-                where = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
-                raise ConfigError(f"config key '{key}': must be {where}, got {value}")
+def _validate(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        # One error is reported: a wrong type or unknown key before a value out of range (as the checks by hand did).
+        first = sorted(error.errors(), key=lambda e: e["type"] in VALUE_ERRORS)[0]
+        raise ConfigError(_message(first)) from None
+
+
+RANGE_ERRORS = ("greater_than_equal", "less_than", "less_than_equal")
+VALUE_ERRORS = (*RANGE_ERRORS, "literal_error")  # the others: a wrong type, an unknown key
+
+
+def _message(error: Any) -> str:
+    """A pydantic error as icft's one-line message, naming the dotted key (a list item as key[i])."""
+    kind, loc, value = error["type"], error["loc"], error["input"]
+    if kind == "value_error":  # a rule of RunConfig._rules_between_keys, already worded
+        return str(error["ctx"]["error"])
+    key, hint, field = "", RunConfig, None
+    path = loc[:-1] if kind == "extra_forbidden" else loc
+    for i, part in enumerate(path):
+        options = _options(hint)
+        if isinstance(hint, type) and issubclass(hint, BaseModel):
+            field = hint.model_fields[part]
+            key, hint = f"{key}.{part}".lstrip("."), field.annotation
+        elif isinstance(part, int) and _member(options, list):  # a list item
+            key, hint = f"{key}[{part}]", typing.get_args(_member(options, list))[0]
+        elif _member(options, dict):  # a dict's value
+            key, hint = f"{key}.{part}", typing.get_args(_member(options, dict))[1]
+        elif i < len(path) - 1:  # pydantic names the union member ("list[str]") the error is inside of
+            hint = next(o for o in options if part.startswith(getattr(o, "__name__", "")))
+    if kind == "extra_forbidden":
+        known = ", ".join(sorted(hint.model_fields))
+        return f"unknown config key '{key}.{loc[-1]}' (known: {known})".replace("'.", "'")
+    if kind == "model_type":
+        return f"config key '{key}': expected a section (mapping)"
+    if kind == "literal_error" and isinstance(value, str):
+        return f"config key '{key}': {value!r} is not one of {', '.join(typing.get_args(hint))}"
+    if kind in RANGE_ERRORS:  # Field(ge=..., le=... or lt=...)
+        limit = {name: getattr(m, name) for m in field.metadata for name in ("ge", "le", "lt") if hasattr(m, name)}
+        high = limit.get("le", limit.get("lt"))
+        where = f">= {limit['ge']}" if high is None else f"in [{limit['ge']}, {high}{')' if 'lt' in limit else ']'}"
+        return f"config key '{key}': must be {where}, got {float(value) if hint is float else value}"
+    expected = " or ".join("str" if typing.get_origin(o) is Literal else getattr(o, "__name__", str(o))
+                           for o in _options(hint))  # fmt: skip
+    return f"config key '{key}': expected {expected}, got {value!r}"
+
+
+def _options(hint: Any) -> tuple:
+    """The members of a union annotation (`list[str] | None`), or the annotation alone."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _member(options: tuple, container: type) -> Any:
+    return next((o for o in options if typing.get_origin(o) is container), None)
