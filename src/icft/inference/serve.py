@@ -634,20 +634,7 @@ def create_app(
     app.state.worker = worker
     created = int(time.time())
     app.add_middleware(Guard, hosts=hosts or own_hosts("127.0.0.1"), api_key=api_key, max_body=max_body)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-        return error.response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        # keeps the headers: a 405 carries Allow
-        detail = str(error.detail)
-        return ApiError(error.status_code, detail, code=_snake(detail), headers=error.headers).response()
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, error: Exception) -> JSONResponse:
-        return ApiError(500, f"internal error: {type(error).__name__}: {error}", type_="server_error").response()
+    _answer_errors_openai_style(app)
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -700,6 +687,24 @@ def create_app(
 
     app.openapi = lambda: _openapi(app, engine, api_key is not None)
     return app
+
+
+def _answer_errors_openai_style(app: FastAPI) -> None:
+    """Every error, ours, Starlette's (404, 405) or an unexpected one, as OpenAI's JSON error body."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # keeps the headers: a 405 carries Allow
+        detail = str(error.detail)
+        return ApiError(error.status_code, detail, code=_snake(detail), headers=error.headers).response()
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, error: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error: {type(error).__name__}: {error}", type_="server_error").response()
 
 
 def _openapi(app: FastAPI, engine: Engine, keyed: bool) -> dict[str, Any]:
