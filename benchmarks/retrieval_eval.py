@@ -1,6 +1,6 @@
 """Does retrieving from the long-term memory at answer time help? `icft eval` with and without `--retrieve K`.
 
-    python benchmarks/retrieval_eval.py --runs runs/compare-demo/icft/seed0 runs/compare-demo/icft/seed1 \
+    python benchmarks/retrieval_eval.py --runs runs/compare-demo/runs/icft-s0-* runs/compare-demo/runs/icft-s1-* \
         --data bundled:test-retention bundled:test-unseen --k 3
 
 For each run and file: accuracy without retrieval, with the K nearest LTM exemplars in the prompt, and the

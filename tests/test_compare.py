@@ -7,7 +7,6 @@ import copy
 import json
 
 import pytest
-import yaml
 
 from icft.config import RunConfig, load_config, save_config
 from icft.errors import ConfigError
@@ -39,8 +38,16 @@ def test_methods_are_config_diffs_of_one_recipe():
         method_config(base, "magic", 0)
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "scorers"
+                   else {prefix + key: value})  # fmt: skip
+    return out
+
+
 def _diff(a: RunConfig, b: RunConfig) -> dict[str, tuple]:
-    fa, fb = C._flat(a.to_dict()), C._flat(b.to_dict())
+    fa, fb = _flat(a.to_dict()), _flat(b.to_dict())
     return {k: (fa[k], fb[k]) for k in fa if k != "name" and fa[k] != fb[k]}
 
 
@@ -77,50 +84,78 @@ def test_test_files_are_reported_under_short_names():
     assert sets == C.test_sets(config)  # the same sample every time: items pair across methods
 
 
+def _point(config: RunConfig, method: str, seed: int, **kw) -> C.Point:
+    return C.Point(method, seed, method_config(config, method, seed, kw.pop("lr", None)), **kw)
+
+
 def test_run_status_and_what_train_run_does(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("icft.recipes.train.train", lambda cfg, run_dir, resume=False: calls.append(resume))
-    out = tmp_path / "cmp"
-    finished, trained, interrupted = (C.run_dir_of(out, "icft", s) for s in (0, 1, 2))
+    out, cfg = tmp_path / "cmp", load_config()
+    points = [_point(cfg, "icft", s) for s in range(5)]
+    finished, trained, interrupted, died, _ = (C.run_dir(out, p) for p in points)
+    assert finished.parent == out / "runs" and finished.name.startswith("icft-s0-") and len(finished.name) == 16
     (finished / "checkpoints" / "step-00006").mkdir(parents=True)
-    (finished / "result.json").write_text("{}")
+    (finished / "result.json").write_text(json.dumps({"tested_on": C.tested_on(cfg)}))
     trained.mkdir(parents=True)
     (trained / "summary.json").write_text("{}")
     (interrupted / "checkpoints" / "step-00004").mkdir(parents=True)
-    (out / "icft" / "seed3" / "checkpoints").mkdir(parents=True)  # a run that died before its first checkpoint
-    jobs = [("icft", s) for s in range(5)]
-    status = C.plan(jobs, out)
-    assert [status[j] for j in jobs] == ["finished", "trained", "interrupted", "new", "new"]
-    cfg = load_config()
-    for job in jobs[1:]:
-        C.train_run(cfg, C.run_dir_of(out, *job), status[job])
+    (died / "checkpoints").mkdir(parents=True)  # a run that died before its first checkpoint
+    folders = C.plan(cfg, points, out)
+    assert [status for _, status in folders.values()] == ["finished", "trained", "interrupted", "new", "new"]
+    for folder, (_, status) in list(folders.items())[1:]:
+        C.train_run(cfg, folder, status)
     assert calls == [True, False, False]  # trained: no training; interrupted: resume; new: from scratch
 
 
+def test_a_run_tested_on_other_files_is_tested_again(tmp_path):
+    cfg = load_config()
+    point = _point(cfg, "icft", 0)
+    folder = C.run_dir(tmp_path, point)
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"tested_on": C.tested_on(cfg)}))
+    assert C.point_status(cfg, point, folder) == "finished"
+    other = load_config(None, ["compare.max_test_examples=5"])
+    assert C.point_status(other, _point(other, "icft", 0), folder) == "trained"
+    # A selection point needs training only: a trained folder is done for it.
+    (folder / "result.json").unlink()
+    (folder / "summary.json").write_text("{}")
+    assert C.point_status(cfg, _point(cfg, "icft", 0, tested=False, scale=1.0), folder) == "finished"
+
+
 def test_plan_says_what_it_keeps_and_resumes(tmp_path, capsys):
-    (C.run_dir_of(tmp_path, "icft", 0)).mkdir(parents=True)
-    (C.run_dir_of(tmp_path, "icft", 0) / "result.json").write_text("{}")
-    (C.run_dir_of(tmp_path, "lora-mixed", 1) / "checkpoints" / "step-00002").mkdir(parents=True)
-    C.plan([("icft", 0), ("lora-mixed", 1), ("base", 0)], tmp_path)
+    cfg = load_config()
+    kept, resumed = _point(cfg, "icft", 0), _point(cfg, "lora-mixed", 1)
+    C.run_dir(tmp_path, kept).mkdir(parents=True)
+    (C.run_dir(tmp_path, kept) / "result.json").write_text(json.dumps({"tested_on": C.tested_on(cfg)}))
+    (C.run_dir(tmp_path, resumed) / "checkpoints" / "step-00002").mkdir(parents=True)
+    C.plan(cfg, [kept, resumed, _point(cfg, "base", 0)], tmp_path)
     line = capsys.readouterr().out.strip()
     assert "keeping 1 finished runs" in line and "resuming 1 interrupted (lora-mixed seed 1)" in line
     assert line.endswith("1 new") and "\n" not in line
-    C.plan([("base", 0)], tmp_path / "empty")
+    C.plan(cfg, [_point(cfg, "base", 0)], tmp_path / "empty")
     assert capsys.readouterr().out == ""  # nothing kept or resumed: nothing to say
 
 
-def test_a_changed_config_is_refused_but_more_seeds_or_rates_to_choose_from_are_fine(tmp_path):
+def test_a_run_is_named_by_what_it_trains_not_by_the_comparison_around_it(tmp_path):
     config = load_config(None, ["compare.seeds=[0]"])
-    save_config(config, tmp_path / "config.yaml")
-    C.check_same_config(load_config(None, ["compare.seeds=[0, 1]", "compare.jobs=2", "compare.methods=[icft]",
-                                           "compare.lr_scales=[0.3, 1, 3]"]), tmp_path)  # fmt: skip
-    with pytest.raises(ConfigError, match=r"\(compare.max_test_examples, train.max_steps changed\)"):
-        C.check_same_config(load_config(None, ["train.max_steps=7", "compare.max_test_examples=3"]), tmp_path)
-    # A folder saved before a key existed: the missing key counts as its default, not as a change.
-    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    del saved["compare"]["lr_scales"]
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    C.check_same_config(config, tmp_path)
+    icft = method_config(config, "icft", 0)
+    # Which runs the comparison makes, or the test files, do not change a run: the same folder.
+    other = load_config(None, ["compare.seeds=[0, 1]", "compare.jobs=2", "compare.methods=[icft]", "name=other",
+                               "compare.lr_scales=[0.3, 1]", "compare.max_test_examples=3"])  # fmt: skip
+    assert C.run_hash(method_config(other, "icft", 0)) == C.run_hash(icft)
+    # Anything a run trains with does: another folder, never a mix of two configs.
+    for key in ("train.max_steps=7", "train.lr=0.5", "memory.ltm_capacity=9", "model.max_length=64"):
+        assert C.run_hash(method_config(load_config(None, [key]), "icft", 0)) != C.run_hash(icft)
+    assert C.run_hash(method_config(config, "icft", 1)) != C.run_hash(icft)
+    # The config.yaml a run folder holds names the same run.
+    save_config(icft, tmp_path / "config.yaml")
+    assert C.run_hash(load_config(tmp_path / "config.yaml")) == C.run_hash(icft)
+    # The untrained base model depends on the model and prompt template only.
+    base = method_config(config, "base", 0)
+    assert C.run_hash(base, trained=False) != C.run_hash(base)
+    assert C.run_hash(method_config(load_config(None, ["train.max_steps=7"]), "base", 0), trained=False) == \
+        C.run_hash(base, trained=False)
 
 
 def test_per_item_rouge_averages_to_the_reported_rouge():
@@ -253,7 +288,7 @@ def test_compare_runs_every_method_writes_report_and_resumes(tiny_llama_dir, sta
         assert m["train/accuracy"]["n"] == 2 and m["validation/preference_accuracy"]["n"] == 2
         assert m["trainable_params"]["mean"] > 0 and "forgetting" in m and "train/rougeL" in m
         assert set(saved["per_seed"][method]) == {"0", "1"}
-        items = json.loads((out / method / "seed1" / "items.json").read_text())
+        items = json.loads((C.run_dir(out, _point(config, method, 1)) / "items.json").read_text())
         assert set(items) == {"train", "validation"} and set(items["train"]) == {"accuracy", "preference_accuracy",
                                                                                  "rougeL", "answer_nll"}  # fmt: skip
         assert len(items["train"]["accuracy"]) == 3  # max_test_examples of multiple choice
@@ -271,7 +306,7 @@ def test_compare_runs_every_method_writes_report_and_resumes(tiny_llama_dir, sta
 
     # Again on the same folder: finished runs are kept; one that lost its result and summary resumes.
     for name in ("result.json", "summary.json"):
-        (out / "icft" / "seed1" / name).unlink()
+        (C.run_dir(out, _point(config, "icft", 1)) / name).unlink()
     capfd.readouterr()
     again = compare(config, out)
     said = capfd.readouterr().out
@@ -300,52 +335,42 @@ def test_each_method_scales_its_own_rate_and_full_ft_its_own():
         load_config(None, ["compare.lr_scales=[0, 1]"])
 
 
-def _trained_run(run_dir, config: RunConfig, accuracy: float) -> None:
-    """A run folder as train and compare leave it (config, summary, validation scores, test results)."""
-    run_dir.mkdir(parents=True)
-    save_config(config, run_dir / "config.yaml")
-    (run_dir / "summary.json").write_text("{}")
-    (run_dir / "stage_eval.json").write_text(json.dumps({"average_accuracy": accuracy, "average_nll": 2.0}))
-    (run_dir / "result.json").write_text("{}")
-    (run_dir / "items.json").write_text("{}")
+def test_the_selection_run_at_the_chosen_rate_is_the_first_seed_run(tmp_path):
+    config = load_config(None, ["train.lr=0.003", "compare.seeds=[0, 1]", "compare.lr_scales=[0.3, 1, 3]",
+                                "compare.methods=[base, lora-sequential]"])  # fmt: skip
+    selection = C.selection_points(config)
+    assert [(p.method, p.seed, p.scale, p.tested) for p in selection] == [
+        ("lora-sequential", 0, scale, False) for scale in (0.3, 1, 3)]  # fmt: skip
+    assert [p.cfg.train.lr for p in selection] == [0.3 * 0.003, 0.003, 3 * 0.003]
+    folders = [C.run_dir(tmp_path, p) for p in selection]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    assert [f.name.rsplit("-", 1)[0] for f in folders] == [f"lora-sequential-s0-x{s:g}" for s in (0.3, 1, 3)]
+    for i, chosen in enumerate(selection):
+        seeded = C.seed_points(config, {"lora-sequential": chosen.cfg.train.lr})
+        first, second = (C.run_dir(tmp_path, p) for p in seeded if p.method == "lora-sequential")
+        assert first == folders[i] and second not in folders
 
 
-def test_a_first_seed_run_at_the_own_rate_is_the_x1_selection_run(tmp_path, monkeypatch):
-    trained = []
-    monkeypatch.setattr(C, "train_run", lambda cfg, run_dir, status: trained.append((run_dir.name, status)))
-    config = load_config(None, ["train.lr=0.003", "compare.seeds=[0, 1]", "compare.lr_scales=[0.3, 1, 3]"])
-    _trained_run(C.run_dir_of(tmp_path, "lora-sequential", 0), method_config(config, "lora-sequential", 0), 0.41)
-    scores = C.lr_selection_run(config, "lora-sequential", 1.0, tmp_path)
-    assert scores == {"lr": 0.003, "average_accuracy": 0.41, "average_nll": 2.0}
-    x1 = C.lr_selection_dir(tmp_path, "lora-sequential", 1.0)
-    assert trained == [("x1", "trained")]  # copied, so nothing left to train
-    assert not (x1 / "result.json").exists() and not (x1 / "items.json").exists()  # no test results in selection
-    # At another rate the first seed's run is not that run: it trains.
-    with pytest.raises(FileNotFoundError):  # (the stub trains nothing, so there is no stage_eval.json)
-        C.lr_selection_run(config, "lora-sequential", 3.0, tmp_path)
-    assert trained[-1] == ("x3", "new")
-    # Nor is a first seed's run trained at another rate (e.g. an earlier selection chose x3).
-    other = tmp_path / "other"
-    _trained_run(C.run_dir_of(other, "icft", 0), method_config(config, "icft", 0, lr=0.009), 0.5)
-    with pytest.raises(FileNotFoundError):
-        C.lr_selection_run(config, "icft", 1.0, other)
-    assert trained[-1] == ("x1", "new")
+def _stage_eval(folder, accuracy: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "stage_eval.json").write_text(json.dumps({"average_accuracy": accuracy, "average_nll": 2.0}))
 
 
-def test_kept_runs_at_another_rate_than_the_chosen_one_are_refused_by_name(tmp_path):
-    config = load_config(None, ["train.lr=0.003", "compare.full_ft_lr=0.0002", "compare.seeds=[0, 1]"])
-    for seed in (0, 1):
-        _trained_run(C.run_dir_of(tmp_path, "icft", seed), method_config(config, "icft", seed), 0.4)
-    _trained_run(C.run_dir_of(tmp_path, "full-ft", 0), method_config(config, "full-ft", 0), 0.4)
-    jobs = [("base", 0), ("icft", 0), ("icft", 1), ("full-ft", 0), ("full-ft", 1)]
-    status = {job: C.run_status(C.run_dir_of(tmp_path, *job)) for job in jobs}
-    C.check_trained_rates(config, jobs, status, {}, tmp_path)  # every kept run at its method's own rate
-    C.check_trained_rates(config, jobs, status, {"icft": 0.003, "full-ft": 0.0002}, tmp_path)
-    with pytest.raises(ConfigError) as refused:
-        C.check_trained_rates(config, jobs, status, {"icft": 0.009, "full-ft": 0.0002}, tmp_path)
-    message = str(refused.value)
-    assert "icft/seed0 (lr 0.003, now 0.009)" in message and "icft/seed1 (lr 0.003, now 0.009)" in message
-    assert "full-ft" not in message  # its kept run is at its chosen rate; seed 1 is new, nothing to refuse
+def test_rates_are_chosen_from_the_selection_folders_alone(tmp_path):
+    config = load_config(None, ["train.lr=0.003", "compare.full_ft_lr=0.0002", "compare.lr_scales=[0.5, 2]",
+                                "compare.methods=[base, icft, full-ft, icft-no-pacing, lora-memory]"])  # fmt: skip
+    accuracy = {("icft", 0.5): 0.3, ("icft", 2): 0.4, ("full-ft", 0.5): 0.6, ("full-ft", 2): 0.5,
+                ("lora-memory", 0.5): 0.2, ("lora-memory", 2): 0.1}  # fmt: skip
+    for p in C.selection_points(config):
+        if p.method != "icft-no-pacing":  # lora-memory's config: the same folders
+            _stage_eval(C.run_dir(tmp_path, p), accuracy[(p.method, p.scale)])
+    lrs, record = C.chosen_rates(config, tmp_path)
+    assert lrs == {"icft": 0.006, "full-ft": 0.0001, "icft-no-pacing": 0.0015, "lora-memory": 0.0015}
+    assert record["full-ft"] == {"chosen_scale": 0.5, "lr": 0.0001, "runs": {
+        "x0.5": {"lr": 0.0001, "average_accuracy": 0.6, "average_nll": 2.0},
+        "x2": {"lr": 0.0004, "average_accuracy": 0.5, "average_nll": 2.0}}}  # fmt: skip
+    assert len(list((tmp_path / "runs").iterdir())) == 6
 
 
 @pytest.mark.slow
@@ -364,23 +389,20 @@ def test_compare_chooses_each_learning_rate_on_validation(tiny_llama_dir, staged
     results = compare(config, out)
     selection = json.loads((out / "lr_selection.json").read_text())["lora-sequential"]
     assert set(selection["runs"]) == {"x0.1", "x10"}
-    for name, run in selection["runs"].items():
-        assert run["lr"] == pytest.approx(float(name[1:]) * 0.003)
-        assert (out / "lora-sequential" / "lr-select" / name / "stage_eval.json").exists()
-        assert not (out / "lora-sequential" / "lr-select" / name / "result.json").exists()  # no test data read
     chosen = C.best_scale({float(k[1:]): v for k, v in selection["runs"].items()})
     assert selection["chosen_scale"] == chosen and selection["lr"] == pytest.approx(chosen * 0.003)
-    seeded = load_config(str(out / "lora-sequential" / "seed0" / "config.yaml"))
-    assert seeded.train.lr == pytest.approx(selection["lr"]) == results["learning_rates"]["lora-sequential"]
+    folders = {p.scale: C.run_dir(out, p) for p in C.selection_points(config)}
+    for scale, folder in folders.items():
+        assert selection["runs"][f"x{scale:g}"]["lr"] == pytest.approx(scale * 0.003)
+        assert folder.name.startswith(f"lora-sequential-s0-x{scale:g}-") and (folder / "stage_eval.json").exists()
+        # Only the chosen one is also the seed-0 run, and so tested; the other never reads test data.
+        assert (folder / "result.json").exists() == (scale == chosen)
+    seed0 = C.run_dir(out, C.seed_points(config, {"lora-sequential": selection["lr"]})[1])
+    assert seed0 == folders[chosen] and len(list((out / "runs").iterdir())) == 3  # base, x0.1, x10
+    assert load_config(seed0 / "config.yaml").train.lr == pytest.approx(results["learning_rates"]["lora-sequential"])
     assert "chosen on validation from x0.1, x10" in (out / "report.md").read_text()
-
-    # The seed-0 run is the selection run at the chosen rate (same config, same seed): copied, not retrained.
-    chosen_dir = out / "lora-sequential" / "lr-select" / f"x{chosen:g}"
-    seed0 = out / "lora-sequential" / "seed0"
-    assert (seed0 / "metrics.jsonl").read_text() == (chosen_dir / "metrics.jsonl").read_text()
-    assert (out / "lora-sequential" / "seed0" / "result.json").exists()
-    written = {p: p.stat().st_mtime_ns for p in (out / "lora-sequential" / "lr-select").rglob("*.json")}
-    compare(config, out)  # again: the selection runs are kept, not retrained
+    written = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
+    compare(config, out)  # again: every run is kept, none retrained or retested
     assert {p: p.stat().st_mtime_ns for p in written} == written
     assert json.loads((out / "lr_selection.json").read_text())["lora-sequential"] == selection
 
@@ -402,7 +424,8 @@ def test_ablations_run_fewer_seeds_and_no_pacing_shares_the_lora_memory_runs(tin
     results = compare(config, out)
     trained = capfd.readouterr().out.count("stages: ")  # train prints its stage plan once per run
     assert trained == 5  # lora-memory x2, icft x2, icft-no-stm x1; icft-no-pacing trains nothing
-    assert not (out / "icft-no-pacing").exists() and not (out / "icft-no-stm" / "seed1").exists()
+    folders = sorted(f.name.rsplit("-", 1)[0] for f in (out / "runs").iterdir())
+    assert folders == ["icft-no-stm-s0", "icft-s0", "icft-s1", "lora-memory-s0", "lora-memory-s1"]
     assert set(results["per_seed"]["icft-no-stm"]) == {"0"} and set(results["per_seed"]["icft"]) == {"0", "1"}
     assert results["per_seed"]["icft-no-pacing"]["0"] == results["per_seed"]["lora-memory"]["0"]
     diffs = results["statistics"]["differences"]

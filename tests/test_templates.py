@@ -201,8 +201,8 @@ def test_compare_tests_a_chat_model_in_its_chat_format(chat_tokenizer, chat_llam
     data = tmp_path / "test.jsonl"
     write_jsonl(data, [ex.to_dict() for ex in (QA, OPEN_QA, PREF, DIALOGUE)])
     config = load_config(None, [f"model.name={model_dir}", "model.max_length=128", f"compare.test=[{data}]"])
-    C.run_method(config, "base", 0, tmp_path / "out")
-    items = json.loads((tmp_path / "out" / "base" / "seed0" / "items.json").read_text())["test"]
+    C.evaluate_run(config, C.Point("base", 0, C.method_config(config, "base", 0)), tmp_path / "out")
+    items = json.loads((tmp_path / "out" / "items.json").read_text())["test"]
 
     def per_item(template: str) -> dict:
         result = evaluate_examples(chat_llama, chat_tokenizer, [QA, OPEN_QA, PREF, DIALOGUE], max_length=128,

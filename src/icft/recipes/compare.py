@@ -17,24 +17,24 @@ Methods (each a set of config overrides on the same base config, so the comparis
 - icft-no-consistency: icft without the consistency loss (replay only)
 - icft-no-stm:         icft without short-term replay
 - icft-no-ltm:         icft without long-term replay
-- icft-no-pacing:      icft without pacing; the same config as lora-memory, so it reads lora-memory's runs
+- icft-no-pacing:      icft without pacing (the same config as lora-memory, so the two share their runs)
 
 The ablations (icft-no-*) may run fewer seeds than the rest (compare.ablation_seeds).
 
-Test data: one or more files (default the bundled test-retention and test-unseen), each evaluated and
-reported on its own. Nothing here is tuned on test data.
+A comparison is a grid of runs. Each run is a Point (method, seed, resolved config) and lives in the folder
+<output>/runs/<method>-s<seed>-<hash>, where <hash> is a short hash of the config it trains (run_hash): two
+methods that resolve to the same config are one run, and a changed config is a new folder, never a mix. A
+folder is trained when it has no finished summary, resumed when it has a checkpoint, kept otherwise; a tested
+run also gets items.json (every test item's score, so statistics can pair items across methods and seeds) and
+result.json, written last.
 
-Learning rates (compare.lr_scales): every method's rate is chosen the same way, on validation only: at the
-first seed, one training run per scale times the method's own rate (<output>/<method>/lr-select/x<scale>),
-keeping the best average stage accuracy; the seeded runs then use it, and the selection run at the chosen
-rate (same config, same seed) is the first seed's run. The other way round too: a first seed's run already
-trained at the method's own rate (a comparison run before with other scales, or none) is its x1 selection run.
-A kept run trained at another rate than the one chosen is refused, named, rather than mixed into the table.
+Learning rates (compare.lr_scales): more points of the grid. At the first seed, one run per scale times the
+method's own rate, trained and scored on validation only (folders <method>-s<seed>-x<scale>-<hash>); the best
+average stage accuracy (best_scale) is the rate of the method's seeded runs, and the seed-0 run at that rate is
+the selection run itself (same config, same folder). Nothing here is tuned on test data.
 
-Each method/seed run folder (<output>/<method>/seed<N>) ends with `items.json` (every test item's score, so
-statistics can pair items across methods and seeds) and then `result.json`, written last: a folder with
-`result.json` is a finished run, kept when `icft compare` runs again on the same output folder; one with
-checkpoints and no `result.json` was interrupted, and resumes from its last checkpoint.
+The report (results.json, lr_selection.json, report.md, plots) is built from the folders alone (report): run
+`icft compare` again on the same output folder and it retrains nothing that is finished.
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ import math
 import multiprocessing
 import os
 import random
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RunConfig, check, load_config, save_config
+from ..config import RunConfig, check, save_config
 from ..data.schema import Example
 from ..data.sources import load_data
 from ..errors import ConfigError
@@ -67,6 +67,7 @@ from ..evaluation.report import (
 )
 from ..evaluation.statistics import CONFIDENCE, N_RESAMPLES, compare_to
 from ..io import write_json, write_text
+from ..runs import config_hash
 
 METHOD_OVERRIDES: dict[str, dict[str, object]] = {
     "base": {},
@@ -84,14 +85,10 @@ METHOD_OVERRIDES: dict[str, dict[str, object]] = {
     "icft-no-consistency": {"memory.enabled": True, "loss.consistency": 0.0},
     "icft-no-stm": {"memory.enabled": True, "memory.stm_replay": 0.0},
     "icft-no-ltm": {"memory.enabled": True, "memory.ltm_replay": 0.0},
-    "icft-no-pacing": {"curriculum.pacing": "none", "memory.enabled": True},  # = lora-memory
+    "icft-no-pacing": {"curriculum.pacing": "none", "memory.enabled": True},  # = lora-memory: one run for both
 }
-# A method whose config is another's: it reads that method's runs instead of training the same thing twice.
-SAME_RUNS = {"icft-no-pacing": "lora-memory"}
 REFERENCE = "icft"  # the method the paired differences are taken from
-# compare keys that choose which runs happen, not what a run does: they may change between a run and its resume.
-# compare.lr_scales may too: a kept run whose rate is not the one chosen is refused by check_trained_rates.
-SCHEDULING_KEYS = ("compare.methods", "compare.seeds", "compare.ablation_seeds", "compare.jobs", "compare.lr_scales")
+RUNS = "runs"  # <output>/runs/<method>-s<seed>-<hash>: one folder per distinct run config
 
 
 def method_config(config: RunConfig, method: str, seed: int, lr: float | None = None) -> RunConfig:
@@ -169,10 +166,6 @@ def file_summary(result) -> tuple[dict, dict]:
     return metrics, items
 
 
-def run_dir_of(output_dir: Path, method: str, seed: int) -> Path:
-    return output_dir / SAME_RUNS.get(method, method) / f"seed{seed}"
-
-
 def seeds_of(config: RunConfig, method: str) -> list[int]:
     """The seeds a method runs: `base` once (untrained, the same model whatever the seed), the ablations
     the first compare.ablation_seeds, every other method all of compare.seeds."""
@@ -204,89 +197,176 @@ def train_run(cfg: RunConfig, run_dir: Path, status: str) -> None:
         train(cfg, run_dir, resume=status == "interrupted")
 
 
-def run_method(config: RunConfig, method: str, seed: int, output_dir: Path, status: str = "new",
-               lr: float | None = None) -> dict:
-    """Train one method with one seed (nothing for `base`), then evaluate it on each test file.
+def run_hash(cfg: RunConfig, trained: bool = True) -> str:
+    """8 hex digits naming what a run computes: its config without name, output_dir and the compare section
+    (which comparison asked for a run does not change it). An untrained run depends on its model and template."""
+    tree = cfg.to_dict()
+    if not trained:
+        return config_hash({"untrained": tree["model"], "template": tree["data"]["template"]})[:8]
+    return config_hash({k: v for k, v in tree.items() if k not in ("name", "output_dir", "compare")})[:8]
 
-    Writes items.json, then result.json ({"metrics", "curve", "matrix"}, also returned) last, so that a run
-    with result.json is complete. Runs in a worker process.
-    """
+
+@dataclass
+class Point:
+    """One run of the grid. A tested point is scored on the test files; an untested one (a learning-rate
+    selection run, `scale` times its method's rate) is only trained and read on validation."""
+
+    method: str
+    seed: int
+    cfg: RunConfig
+    tested: bool = True
+    scale: float | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.method != "base"
+
+    @property
+    def hash(self) -> str:
+        return run_hash(self.cfg, self.trained)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.method}-s{self.seed}" + ("" if self.scale is None else f"-x{self.scale:g}")
+
+    def __str__(self) -> str:
+        return f"{self.method} seed {self.seed}" + ("" if self.scale is None else f" x{self.scale:g}")
+
+
+def run_dir(output_dir: Path, point: Point) -> Path:
+    """A point's folder: the one already holding its hash (whichever method named it first), else a new one."""
+    found = sorted((output_dir / RUNS).glob(f"*-{point.hash}"))
+    return found[0] if found else output_dir / RUNS / f"{point.prefix}-{point.hash}"
+
+
+def selection_points(config: RunConfig) -> list[Point]:
+    """The learning-rate selection runs: each trained method at the first seed, at each compare.lr_scales
+    times its own rate."""
+    seed = config.compare.seeds[0]
+    return [Point(m, seed, method_config(config, m, seed, lr=s * default_lr(config, m)), tested=False, scale=s)
+            for m in config.compare.methods if m != "base" for s in config.compare.lr_scales]  # fmt: skip
+
+
+def seed_points(config: RunConfig, lrs: dict[str, float]) -> list[Point]:
+    """The tested runs: every method at each of its seeds, at its chosen rate (`lrs`, else its own)."""
+    return [Point(m, s, method_config(config, m, s, lrs.get(m))) for m in config.compare.methods
+            for s in seeds_of(config, m)]  # fmt: skip
+
+
+def tested_on(config: RunConfig) -> dict:
+    """What a run's result.json was scored on: a run tested on other files is tested again."""
+    return {"test": list(config.compare.test), "max_test_examples": config.compare.max_test_examples}
+
+
+def point_status(config: RunConfig, point: Point, folder: Path) -> str:
+    """run_status, as far as this point needs: "finished" when nothing is left to do for it."""
+    status = run_status(folder)
+    if not point.tested:
+        return "finished" if status in ("trained", "finished") else status
+    if status == "finished" and json.loads((folder / "result.json").read_text()).get("tested_on") != tested_on(config):
+        return "trained"
+    return status
+
+
+def plan(config: RunConfig, points: list[Point], output_dir: Path) -> dict[Path, tuple[Point, str]]:
+    """Each distinct folder once (points that share a config share it), its point and status; and one printed
+    line on what is kept or resumed."""
+    folders: dict[Path, tuple[Point, str]] = {}
+    seen: set[str] = set()
+    for point in points:
+        if point.hash not in seen:  # the first point of each config names its folder
+            seen.add(point.hash)
+            folder = run_dir(output_dir, point)
+            folders[folder] = (point, point_status(config, point, folder))
+    said = {s: [str(p) for p, v in folders.values() if v == s] for s in ("finished", "trained", "interrupted")}
+    if any(said.values()):
+        print(f"{output_dir}: keeping {len(said['finished'])} finished runs; evaluating "
+              f"{len(said['trained'])} trained ({', '.join(said['trained']) or '-'}); resuming "
+              f"{len(said['interrupted'])} interrupted ({', '.join(said['interrupted']) or '-'}); "
+              f"{sum(v == 'new' for _, v in folders.values())} new", flush=True)  # fmt: skip
+    return folders
+
+
+def run_grid(config: RunConfig, points: list[Point], output_dir: Path) -> None:
+    """Do what each point's folder lacks (train, resume, test), one worker process per folder."""
+    todo = {folder: job for folder, job in plan(config, points, output_dir).items() if job[1] != "finished"}
+    if not todo:
+        return
+    started = time.perf_counter()
+    with _pool(config) as pool:
+        futures = {pool.submit(run_point, config, point, folder, status): point
+                   for folder, (point, status) in todo.items()}  # fmt: skip
+        for done, future in enumerate(as_completed(futures), 1):
+            print(f"[{done}/{len(todo)} {time.perf_counter() - started:.0f}s] {futures[future]}: {future.result()}",
+                  flush=True)  # fmt: skip
+
+
+def run_point(config: RunConfig, point: Point, folder: Path, status: str) -> str:
+    """Train the point's run unless trained (resume if interrupted), then test it if it is a tested point.
+    Runs in a worker process; returns its line of scores."""
+    if point.trained:
+        train_run(point.cfg, folder, status)
+    if not point.tested:
+        return f"lr {point.cfg.train.lr:.2g}, average stage accuracy {validation_scores(folder)['average_accuracy']}"
+    metrics = evaluate_run(config, point, folder)
+    shown = [k for k in metrics if k.split("/")[-1] in ("accuracy", "preference_accuracy", "rougeL")]
+    return ", ".join(f"{k}={metrics[k]:.3f}" for k in shown)
+
+
+def evaluate_run(config: RunConfig, point: Point, folder: Path) -> dict[str, float]:
+    """Score a trained run (or the base model) on each test file, in the prompt format it was trained in.
+    Writes items.json, then result.json ({"metrics", "curve", "matrix", "tested_on"}) last."""
     from ..data.prompt_format import PromptFormat
     from ..evaluation.evaluate import evaluate_examples
     from ..memory import Embedder
-    from ..models import count_parameters
     from ..runs import Run
 
-    cfg = method_config(config, SAME_RUNS.get(method, method), seed, lr)
-    run_dir = run_dir_of(output_dir, method, seed)
-    curve, matrix = [], []
-    if method == "base":
-        run = Run.from_base(cfg.model.name)
-        summary = {"trainable_params": 0, "wall_s": 0.0, "total_params": count_parameters(run.model)[1]}
+    if point.trained:
+        run = Run.from_pretrained(folder, memory=False)
+        fmt = run.format  # its prompt_format.json, exactly as `icft eval --run` tests it
     else:
-        train_run(cfg, run_dir, status)
-        run = Run.from_pretrained(run_dir, memory=False)
-        summary = json.loads((run_dir / "summary.json").read_text())
-        stage_eval = json.loads((run_dir / "stage_eval.json").read_text())
-        summary.update({k: stage_eval[k] for k in ("average_accuracy", "forgetting", "backward_transfer")})
-        matrix = stage_eval["accuracy_matrix"]
-        curve = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+        run = Run.from_base(point.cfg.model.name)
+        fmt = PromptFormat.from_config(run.tokenizer, point.cfg)  # the format the trained methods start from
+        folder.mkdir(parents=True, exist_ok=True)
+        save_config(point.cfg, folder / "config.yaml")
     metrics: dict[str, float] = {}
     items: dict[str, dict] = {}
     embedder = Embedder()
-    # Tested in the prompt format it was trained in (its prompt_format.json), exactly as `icft eval --run` tests
-    # it; the base model in the one its config asks for, as the methods trained on it.
-    fmt = run.format if method != "base" else PromptFormat.from_config(run.tokenizer, cfg)
     for label, examples in test_sets(config).items():
         result = evaluate_examples(run.model, run.tokenizer, examples, embedder=embedder,
-                                   max_length=cfg.model.max_length, progress=False, fmt=fmt)  # fmt: skip
+                                   max_length=point.cfg.model.max_length, progress=False, fmt=fmt)  # fmt: skip
         file_metrics, items[label] = file_summary(result)
         metrics.update({f"{label}/{k}": v for k, v in file_metrics.items()})
-    metrics.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
-    outcome = {"metrics": metrics, "curve": curve, "matrix": matrix}
-    write_json(run_dir / "items.json", items)
-    write_json(run_dir / "result.json", outcome)
-    return outcome
+    metrics.update(training_summary(point, folder, run.model))
+    write_json(folder / "items.json", items)
+    write_json(folder / "result.json", {"metrics": metrics, **training_curves(folder), "tested_on": tested_on(config)})
+    return metrics
 
 
-def lr_selection_dir(output_dir: Path, method: str, scale: float) -> Path:
-    return output_dir / method / "lr-select" / f"x{scale:g}"
+def training_summary(point: Point, folder: Path, model) -> dict[str, float]:
+    """The run-level metrics: cost (summary.json) and validation scores after each stage (stage_eval.json)."""
+    from ..models import count_parameters
+
+    if not point.trained:
+        return {"trainable_params": 0, "wall_s": 0.0, "total_params": count_parameters(model)[1]}
+    summary = json.loads((folder / "summary.json").read_text())
+    stage_eval = json.loads((folder / "stage_eval.json").read_text())
+    summary.update({k: stage_eval[k] for k in ("average_accuracy", "forgetting", "backward_transfer")})
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
 
 
-def lr_selection_run(config: RunConfig, method: str, scale: float, output_dir: Path) -> dict:
-    """Train one method at the first seed with `scale` times its own learning rate, and return its
-    validation scores from stage_eval.json. Training only: the test files are never read here."""
-    cfg = method_config(config, method, config.compare.seeds[0], lr=scale * default_lr(config, method))
-    run_dir = lr_selection_dir(output_dir, method, scale)
-    seed_run = run_dir_of(output_dir, method, config.compare.seeds[0])
-    if run_status(seed_run) in ("trained", "finished") and math.isclose(trained_lr(seed_run), cfg.train.lr):
-        # The first seed's run at this rate is this selection run (same config, same seed): its training is
-        # copied, not repeated; its test evaluation is left behind, as selection never reads test data.
-        take_over_run(seed_run, run_dir, leave=("items.json", "result.json"))
-    train_run(cfg, run_dir, run_status(run_dir))
-    stage_eval = json.loads((run_dir / "stage_eval.json").read_text())
-    return {"lr": cfg.train.lr, "average_accuracy": stage_eval["average_accuracy"],
-            "average_nll": stage_eval["average_nll"]}  # fmt: skip
+def training_curves(folder: Path) -> dict[str, list]:
+    """The learning curve (metrics.jsonl) and the accuracy matrix; empty for the base model."""
+    if not (folder / "stage_eval.json").exists():
+        return {"curve": [], "matrix": []}
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return {"curve": [json.loads(x) for x in lines if x],
+            "matrix": json.loads((folder / "stage_eval.json").read_text())["accuracy_matrix"]}
 
 
-def trained_lr(run_dir: Path) -> float:
-    """The learning rate a run folder was trained at (its config.yaml, written when training starts)."""
-    return load_config(run_dir / "config.yaml").train.lr
-
-
-def check_trained_rates(config: RunConfig, jobs: list[tuple[str, int]], status: dict, lrs: dict[str, float],
-                        output_dir: Path) -> None:  # fmt: skip
-    """Kept or resumed runs must have been trained at the rate their method uses now (its chosen one when
-    rates are chosen): a ConfigError names each that was not, so no table mixes two rates of one method."""
-    stale = []
-    kept = {run_dir_of(output_dir, m, s): m for m, s in jobs if m != "base" and status[(m, s)] != "new"}
-    for run_dir, method in kept.items():  # a folder two methods share (SAME_RUNS) is checked, and named, once
-        trained, lr = trained_lr(run_dir), lrs.get(method, default_lr(config, method))
-        if not math.isclose(trained, lr):
-            stale.append(f"{run_dir} (lr {trained:g}, now {lr:g})")
-    if stale:
-        raise ConfigError(f"runs trained at another learning rate than their method's: {'; '.join(stale)}. "
-                          "Delete those folders to train them again at the rate now chosen")  # fmt: skip
+def validation_scores(folder: Path) -> dict:
+    stage_eval = json.loads((folder / "stage_eval.json").read_text())
+    return {"average_accuracy": stage_eval["average_accuracy"], "average_nll": stage_eval["average_nll"]}
 
 
 def best_scale(scores: dict[float, dict]) -> float:
@@ -300,45 +380,91 @@ def best_scale(scores: dict[float, dict]) -> float:
     return max(scores, key=key)
 
 
-def select_learning_rates(config: RunConfig, output_dir: Path) -> dict[str, float]:
-    """Every trained method's learning rate, chosen on validation the same way for all (compare.lr_scales
-    times the method's own rate, at the first seed). Writes lr_selection.json; finished selection runs are
-    kept when compare runs again, as the seeded runs are."""
-    scales = config.compare.lr_scales
-    runs_of = {m: SAME_RUNS.get(m, m) for m in config.compare.methods if m != "base"}  # whose runs each reads
-    jobs = [(m, scale) for m in dict.fromkeys(runs_of.values()) for scale in scales]
-    scores: dict[str, dict[float, dict]] = {m: {} for m, _ in jobs}
-    print(f"choosing learning rates on validation: {len(jobs)} runs ({', '.join(f'x{s:g}' for s in scales)} "
-          "of each method's rate)", flush=True)  # fmt: skip
-    with _pool(config) as pool:
-        futures = {pool.submit(lr_selection_run, config, m, scale, output_dir): (m, scale) for m, scale in jobs}
-        for future in as_completed(futures):
-            method, scale = futures[future]
-            scores[method][scale] = future.result()
-            print(f"  {method} lr {scores[method][scale]['lr']:.2g}: average stage accuracy "
-                  f"{scores[method][scale]['average_accuracy']}", flush=True)  # fmt: skip
-    chosen = {m: best_scale(scores[runs]) for m, runs in runs_of.items()}
-    write_json(output_dir / "lr_selection.json", {
-        m: {"chosen_scale": chosen[m], "lr": scores[runs][chosen[m]]["lr"],
-            "runs": {f"x{scale:g}": s for scale, s in sorted(scores[runs].items())}} for m, runs in runs_of.items()
-    })  # fmt: skip
-    for m, runs in runs_of.items():
-        reuse_selection_run(output_dir, runs, config.compare.seeds[0], chosen[m])
-    return {m: scores[runs][chosen[m]]["lr"] for m, runs in runs_of.items()}
+def chosen_rates(config: RunConfig, output_dir: Path) -> tuple[dict[str, float], dict]:
+    """Each trained method's learning rate, picked by best_scale from its selection runs' validation scores, and
+    the record lr_selection.json holds. Reads the folders only; ({}, {}) without compare.lr_scales."""
+    scores: dict[str, dict[float, dict]] = {}
+    for point in selection_points(config):
+        scores.setdefault(point.method, {})[point.scale] = {"lr": point.cfg.train.lr,
+                                                            **validation_scores(run_dir(output_dir, point))}
+    chosen = {m: best_scale(by_scale) for m, by_scale in scores.items()}
+    record = {m: {"chosen_scale": chosen[m], "lr": by_scale[chosen[m]]["lr"],
+                  "runs": {f"x{scale:g}": s for scale, s in sorted(by_scale.items())}}
+              for m, by_scale in scores.items()}  # fmt: skip
+    return {m: r["lr"] for m, r in record.items()}, record
 
 
-def reuse_selection_run(output_dir: Path, method: str, seed: int, scale: float) -> None:
-    """The selection run at the chosen rate is the first seed's run (same config, same seed), so its trained
-    folder becomes that run's, and only the test evaluation is left to do: one training run fewer per method."""
-    take_over_run(lr_selection_dir(output_dir, method, scale), run_dir_of(output_dir, method, seed))
+def report(config: RunConfig, output_dir: Path) -> dict:
+    """results.json, lr_selection.json, report.md and the plots, from the run folders alone: no training, no
+    evaluation. Returns the results."""
+    lrs, selection = chosen_rates(config, output_dir)
+    if selection:
+        write_json(output_dir / "lr_selection.json", selection)
+    points = seed_points(config, lrs)
+    outcomes = {(p.method, p.seed): json.loads((run_dir(output_dir, p) / "result.json").read_text()) for p in points}
+    methods, first = config.compare.methods, config.compare.seeds[0]
+    per_seed = {m: {s: outcomes[(m, s)]["metrics"] for s in seeds_of(config, m)} for m in methods}
+    results = {
+        "methods": {m: mean_std(list(rows.values())) for m, rows in per_seed.items()},
+        "per_seed": {m: {str(s): metrics for s, metrics in rows.items()} for m, rows in per_seed.items()},
+        "baselines": baselines_on_tests(config),
+        "statistics": statistics(config, output_dir, points, per_seed),
+        "learning_rates": {m: lrs.get(m, default_lr(config, m)) for m in methods if m != "base"},
+    }
+    write_json(output_dir / "results.json", results)
+    curves = {m: outcomes[(m, first)]["curve"] for m in methods if outcomes[(m, first)]["curve"]}
+    matrices = {m: [outcomes[(m, s)]["matrix"] for s in seeds_of(config, m)] for m in methods
+                if outcomes[(m, first)]["matrix"]}  # fmt: skip
+    write_text(output_dir / "report.md", report_markdown(results, config, matrices))
+    plots(output_dir, curves, {m: mean_matrix(per_seed) for m, per_seed in matrices.items()}, results["methods"])
+    return results
 
 
-def take_over_run(source: Path, target: Path, leave: tuple[str, ...] = ()) -> None:
-    """Copy a trained run folder to `target` (a run of the same config and seed) unless something there is
-    already trained, finished or resumable; the files named in `leave` stay behind."""
-    if run_status(target) == "new":
-        shutil.rmtree(target, ignore_errors=True)  # a folder with nothing finished in it
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns(*leave))
+def statistics(config: RunConfig, output_dir: Path, points: list[Point], per_seed: dict) -> dict:
+    """The paired differences from REFERENCE, on every test item's score (items.json); the one `base` run
+    pairs with every seed."""
+    items: dict[str, dict[int, dict]] = {}
+    for p in points:
+        seeds = config.compare.seeds if p.method == "base" else [p.seed]
+        for seed in seeds:
+            items.setdefault(p.method, {})[seed] = json.loads((run_dir(output_dir, p) / "items.json").read_text())
+    differences = compare_to(REFERENCE, items, per_seed) if REFERENCE in config.compare.methods else {}
+    return {"reference": REFERENCE, "confidence": CONFIDENCE, "n_resamples": N_RESAMPLES, "differences": differences}
+
+
+def baselines_on_tests(config: RunConfig) -> dict[str, dict[str, float]]:
+    """The trivial baselines (random, majority, position prior) on the same test items as the methods."""
+    baselines: dict[str, dict[str, float]] = {}
+    for label, examples in test_sets(config).items():
+        for name, values in trivial_baselines(examples).items():
+            baselines.setdefault(name, {}).update({f"{label}/{k}": v for k, v in values.items()})
+    return baselines
+
+
+def compare(config: RunConfig, output_dir: Path) -> dict:
+    """Run what the grid lacks (the selection runs, then the seeded runs at the chosen rates), then report."""
+    check_inputs(config, output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, output_dir / "config.yaml")
+    if config.compare.lr_scales:
+        print(f"choosing learning rates on validation: {', '.join(f'x{s:g}' for s in config.compare.lr_scales)} "
+              "of each method's rate", flush=True)  # fmt: skip
+        run_grid(config, selection_points(config), output_dir)
+    run_grid(config, seed_points(config, chosen_rates(config, output_dir)[0]), output_dir)
+    results = report(config, output_dir)
+    print("\n".join([results_table(results), "", *below_baselines(results), "", *difference_table(results), "",
+                     *in_plain_words(results)]))
+    return results
+
+
+def check_inputs(config: RunConfig, output_dir: Path) -> None:
+    """Before anything runs or a folder is made: the output folder, every method's config, every data file
+    (grouped as the runs read them: train together, validation together, each test file on its own)."""
+    check_output_dir(output_dir)
+    for method in config.compare.methods:
+        method_config(config, method, config.compare.seeds[0])
+    for specs in (config.data.train, config.data.validation, *([spec] for spec in config.compare.test)):
+        load_data(specs, quiet=True)
 
 
 def _pool(config: RunConfig) -> ProcessPoolExecutor:
@@ -357,41 +483,6 @@ def _one_thread_worker() -> None:
     os.environ["ICFT_QUIET"] = "1"  # two progress bars at once would garble the terminal
 
 
-def check_same_config(config: RunConfig, output_dir: Path) -> None:
-    """Runs kept or resumed in `output_dir` must come from this config: a ConfigError names the keys that
-    changed. Methods, seeds and jobs may change (adding a seed keeps the runs already done)."""
-    saved = output_dir / "config.yaml"
-    if not saved.exists():
-        return
-    # Read through load_config, so that a key added in a later version counts as its default, not a change.
-    old, new = _flat(load_config(saved).to_dict()), _flat(config.to_dict())
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in SCHEDULING_KEYS)
-    if changed:
-        raise ConfigError(f"{output_dir} holds runs of another config ({', '.join(changed)} changed): give a new "
-                          "--output-dir, or delete that folder to start over")  # fmt: skip
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "scorers"
-                   else {prefix + key: value})  # fmt: skip
-    return out
-
-
-def plan(jobs: list[tuple[str, int]], output_dir: Path) -> dict[tuple[str, int], str]:
-    """Each job's run_status, and one printed line on what is kept or resumed."""
-    status = {job: run_status(run_dir_of(output_dir, *job)) for job in jobs}
-    said = {s: [f"{m} seed {seed}" for (m, seed), v in status.items() if v == s]
-            for s in ("finished", "trained", "interrupted")}  # fmt: skip
-    if any(said.values()):
-        print(f"{output_dir}: keeping {len(said['finished'])} finished runs; evaluating "
-              f"{len(said['trained'])} trained ({', '.join(said['trained']) or '-'}); resuming "
-              f"{len(said['interrupted'])} interrupted ({', '.join(said['interrupted']) or '-'}); "
-              f"{sum(v == 'new' for v in status.values())} new", flush=True)  # fmt: skip
-    return status
-
-
 def check_output_dir(output_dir: Path) -> None:
     """Before anything runs: the output folder is new, empty, or an earlier comparison's (its config.yaml)."""
     from ..io import check_output_dir as check_writable
@@ -400,71 +491,6 @@ def check_output_dir(output_dir: Path) -> None:
     if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / "config.yaml").is_file():
         raise ConfigError(f"{output_dir}: not empty and not an icft compare folder (no config.yaml): give a new or "
                           "empty --output-dir")  # fmt: skip
-
-
-def compare(config: RunConfig, output_dir: Path) -> dict:
-    check_output_dir(output_dir)
-    for method in config.compare.methods:  # every method's config is checked before anything runs
-        method_config(config, method, config.compare.seeds[0])
-    # And every data file is read once here, so a bad file is one error before any run starts or a folder is made.
-    # (Grouped as the runs read them: train together, validation together, each test file on its own.)
-    for specs in (config.data.train, config.data.validation, *([spec] for spec in config.compare.test)):
-        load_data(specs, quiet=True)
-    check_same_config(config, output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, output_dir / "config.yaml")
-    seeds, first = config.compare.seeds, config.compare.seeds[0]
-    jobs = [(m, s) for m in config.compare.methods for s in seeds_of(config, m)]
-    lrs = select_learning_rates(config, output_dir) if config.compare.lr_scales else {}
-    status = plan(jobs, output_dir)
-    check_trained_rates(config, jobs, status, lrs, output_dir)
-    outcomes = {job: json.loads((run_dir_of(output_dir, *job) / "result.json").read_text())
-                for job in jobs if status[job] == "finished"}  # fmt: skip
-    # A method in SAME_RUNS shares its runs: each run folder is trained and evaluated once.
-    todo = list({run_dir_of(output_dir, *job): job for job in jobs if status[job] != "finished"}.values())
-    started = time.perf_counter()
-
-    def done(job: tuple[str, int], outcome: dict) -> None:
-        outcomes[job] = outcome
-        m = outcome["metrics"]
-        shown = [k for k in m if k.split("/")[-1] in ("accuracy", "preference_accuracy", "rougeL")]
-        print(f"[{len(outcomes)}/{len(jobs)} {time.perf_counter() - started:.0f}s] {job[0]} seed {job[1]}: "
-              + ", ".join(f"{k}={m[k]:.3f}" for k in shown), flush=True)  # fmt: skip
-
-    if todo:
-        with _pool(config) as pool:
-            futures = {pool.submit(run_method, config, m, s, output_dir, status[(m, s)], lrs.get(m)): (m, s)
-                       for m, s in todo}  # fmt: skip
-            for future in as_completed(futures):
-                done(futures[future], future.result())
-    for job in jobs:  # a method that shares another's run folder reads it now
-        if job not in outcomes:
-            outcomes[job] = json.loads((run_dir_of(output_dir, *job) / "result.json").read_text())
-
-    methods = config.compare.methods
-    per_seed = {m: {s: outcomes[(m, s)]["metrics"] for s in seeds_of(config, m)} for m in methods}
-    # Per-item scores for the paired statistics; the one `base` run pairs with every seed.
-    items = {m: {s: json.loads((run_dir_of(output_dir, m, first if m == "base" else s) / "items.json").read_text())
-                 for s in (seeds if m == "base" else seeds_of(config, m))} for m in methods}  # fmt: skip
-    statistics = {"reference": REFERENCE, "confidence": CONFIDENCE, "n_resamples": N_RESAMPLES,
-                  "differences": compare_to(REFERENCE, items, per_seed) if REFERENCE in methods else {}}  # fmt: skip
-    baselines: dict[str, dict[str, float]] = {}
-    for label, examples in test_sets(config).items():
-        for name, values in trivial_baselines(examples).items():
-            baselines.setdefault(name, {}).update({f"{label}/{k}": v for k, v in values.items()})
-    results = {
-        "methods": {m: mean_std(list(rows.values())) for m, rows in per_seed.items()},
-        "per_seed": {m: {str(s): metrics for s, metrics in rows.items()} for m, rows in per_seed.items()},
-        "baselines": baselines,
-        "statistics": statistics,
-        "learning_rates": {m: lrs.get(m, default_lr(config, m)) for m in methods if m != "base"},
-    }
-    write_json(output_dir / "results.json", results)
-    curves = {m: outcomes[(m, first)]["curve"] for m in methods if outcomes[(m, first)]["curve"]}
-    matrices = {m: [outcomes[(m, s)]["matrix"] for s in seeds_of(config, m)] for m in methods
-                if outcomes[(m, first)]["matrix"]}  # fmt: skip
-    write_text(output_dir / "report.md", report_markdown(results, config, matrices))
-    plots(output_dir, curves, {m: mean_matrix(per_seed) for m, per_seed in matrices.items()}, results["methods"])
-    print("\n".join([results_table(results), "", *below_baselines(results), "", *difference_table(results), "",
-                     *in_plain_words(results)]))
-    return results
+    if any(output_dir.glob("*/seed*/")):  # runs of an icft before hash-named folders
+        raise ConfigError(f"{output_dir} holds <method>/seed<N> run folders: move them to {RUNS}/ once with "
+                          f"`python -m tools.migrate_compare {output_dir}`")  # fmt: skip
