@@ -1,6 +1,10 @@
 """ICFT on real public medical data: base, lora-sequential, lora-mixed and icft, several seeds, each stage's
 held-out score after every stage, forgetting, and the test scores beside the trivial baselines.
 
+Built for the earlier MiniLM default, on the bundled general stage. For the default model (SmolLM2-135M-Instruct
+through its chat template) and issue 27's question, medical skill gained against general skill kept (MMLU
+general, the model's own voice) with WiSE-FT curves and a plot, see benchmarks/real_smollm2.py.
+
 Stages, from the files in ../shared/data (read in place, never copied):
   general:   the bundled general-domain examples (the shared folder has no general text)
   knowledge: MedQuAD question -> answer (open QA)
