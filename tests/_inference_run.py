@@ -55,3 +55,29 @@ def knowledge_file(folder: Path) -> Path:
     path = folder / "knowledge.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in QUESTIONS))
     return path
+
+
+def train_plain_run_on_chat_model(root: Path, chat_tokenizer, staged_data, max_length: int) -> Path:
+    """A 3-step run trained with data.template=plain on a tiny Llama whose tokenizer has a chat template (so
+    `auto` would give chat): the case where a run's saved format, not the tokenizer, must decide."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from icft.cli import main
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=chat_tokenizer.pad_token_id, tie_word_embeddings=True)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    chat_tokenizer.save_pretrained(root / "model")
+    train, val = staged_data
+    pairs = {"model.name": str(root / "model"), "model.max_length": max_length, "data.template": "plain",
+             "data.train": f"[{train}]", "data.validation": f"[{val}]", "train.max_steps": 3,
+             "train.batch_size": 4, "train.save_every": 3, "train.eval_max_examples": 2,
+             "memory.ltm_capacity": 6, "memory.stm_capacity": 4}  # fmt: skip
+    args = [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ICFT_CACHE", str(root / "cache"))
+        assert main(["train", *args, "--output-dir", str(root / "run")]) == 0
+    return root / "run"

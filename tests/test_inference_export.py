@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from _inference_run import trained_run
+from _inference_run import train_plain_run_on_chat_model, trained_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from icft.cli import main
@@ -110,27 +110,8 @@ def test_adapter_export_and_llama_merge(run, tiny_llama_dir, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def plain_run_on_chat_model(tmp_path_factory, chat_tokenizer, staged_data):
-    """A run trained with data.template=plain on a model whose tokenizer has a chat template (so `auto` would
-    give chat)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    root = tmp_path_factory.mktemp("plain-on-chat-export")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=chat_tokenizer.pad_token_id, tie_word_embeddings=True)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    chat_tokenizer.save_pretrained(root / "model")
-    train, val = staged_data
-    pairs = {"model.name": str(root / "model"), "model.max_length": 40, "data.template": "plain",
-             "data.train": f"[{train}]", "data.validation": f"[{val}]", "train.max_steps": 3,
-             "train.batch_size": 4, "train.save_every": 3, "train.eval_max_examples": 2,
-             "memory.ltm_capacity": 6, "memory.stm_capacity": 4}  # fmt: skip
-    args = [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ICFT_CACHE", str(root / "cache"))
-        assert main(["train", *args, "--output-dir", str(root / "run")]) == 0
-    return root / "run"
+    return train_plain_run_on_chat_model(tmp_path_factory.mktemp("plain-on-chat-export"), chat_tokenizer,
+                                         staged_data, max_length=40)  # fmt: skip
 
 
 def test_an_exported_plain_run_on_a_chat_model_is_served_plain(plain_run_on_chat_model, tmp_path):

@@ -11,11 +11,11 @@ and is served plain.
 from __future__ import annotations
 
 import json
-import os
 from types import SimpleNamespace
 
 import pytest
 import torch
+from _inference_run import train_plain_run_on_chat_model
 from transformers import GenerationConfig
 
 import icft.likelihood
@@ -160,33 +160,8 @@ def test_one_resolve_rule_and_json_round_trip(chat_tokenizer, bert_tokenizer):
 @pytest.fixture(scope="module")
 def plain_run_on_chat_model(tmp_path_factory, chat_tokenizer, staged_data):
     """A run trained with data.template=plain on a model whose tokenizer has a chat template."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from icft.cli import main
-
-    root = tmp_path_factory.mktemp("plain-on-chat")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=chat_tokenizer.pad_token_id, tie_word_embeddings=True)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    chat_tokenizer.save_pretrained(root / "model")
-    train, val = staged_data
-    pairs = {"model.name": str(root / "model"), "model.max_length": 48, "data.template": "plain",
-             "data.train": f"[{train}]", "data.validation": f"[{val}]", "train.max_steps": 3,
-             "train.batch_size": 4, "train.save_every": 3, "train.eval_max_examples": 2,
-             "memory.ltm_capacity": 6, "memory.stm_capacity": 4}  # fmt: skip
-    args = [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
-    old = os.environ.get("ICFT_CACHE")
-    os.environ["ICFT_CACHE"] = str(root / "cache")
-    try:
-        assert main(["train", *args, "--output-dir", str(root / "run")]) == 0
-    finally:
-        if old is None:
-            os.environ.pop("ICFT_CACHE", None)
-        else:
-            os.environ["ICFT_CACHE"] = old
-    return root / "run"
+    return train_plain_run_on_chat_model(tmp_path_factory.mktemp("plain-on-chat"), chat_tokenizer, staged_data,
+                                         max_length=48)  # fmt: skip
 
 
 def test_a_run_saves_its_format_and_loads_it_back(plain_run_on_chat_model):
