@@ -146,7 +146,11 @@ def test_concurrent_requests_are_queued_and_overflow_gets_503(client, server):
             results.append(error)
 
     threads = [threading.Thread(target=one, args=(4,)) for _ in range(3)]  # 1 running + 2 waiting fit
-    for t in threads:
+    threads[0].start()
+    deadline = time.monotonic() + 10  # the first one running before the others come: else 3 may wait at once
+    while not results and http(f"{server}/health")[1]["running"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for t in threads[1:]:
         t.start()
     for t in threads:
         t.join()
