@@ -51,6 +51,13 @@ def test_held_out_items_share_no_id_question_focus_or_group_with_training(bench)
     general_ids = {ex.id for ex in test["mmlu_general"]}
     assert not general_ids & {ex.id for ex in all_train}
     assert not general_ids & {ex.id.removeprefix("voice/") for ex in test["voice_prompts"]}
+    # the tuning tries' own-voice prompts are neither the test's own-voice prompts nor its accuracy items
+    tuning_voice = {ex.id for ex in split["tuning"]["voice_prompts"]}
+    assert len(tuning_voice) == sizes.voice
+    assert not tuning_voice & {ex.id for ex in test["voice_prompts"]}
+    assert not {i.removeprefix("voice/") for i in tuning_voice} & general_ids
+    assert not norm(split["tuning"]["voice_prompts"], lambda ex: ex.question) & norm(
+        test["voice_prompts"] + test["mmlu_general"], lambda ex: ex.question)  # fmt: skip
     # the check is not vacuous: a training item moved into the test set is found, by id, text and group
     split["test"]["medquad"].append(train["medquad"][0])
     found = bench.disjointness(split)
@@ -103,3 +110,51 @@ def test_summary_table_and_plot_on_synthetic_numbers(bench, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     text = bench.report(summary, evals, {"mmlu_general/accuracy": {"random": 0.25}}, ["setup"], ["note"])
     assert text.count("\n| method |") == 1 and "plot.png" in text and "0.250" in text
+
+
+def test_every_method_gets_the_same_number_of_tries_and_each_try_is_its_own_run(bench):
+    from icft.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "real-smollm2.yaml", [])
+    assert {len(bench.tries(m)) for m in bench.TRIES} == {3}
+    for method in bench.TRIES:
+        configs = [bench.config_of(config, name, 0).to_dict() for name in bench.tries(method)]
+        assert all(a != b for i, a in enumerate(configs) for b in configs[i + 1 :]), method
+    assert bench.config_of(config, "icft@lr-x2", 0).train.lr == 2e-3  # a scale of the config's 1e-3
+    assert bench.config_of(config, "lora-mixed@lr-x0.5", 0).train.lr == 5e-4
+    assert bench.config_of(config, "lora-kl-base@kl3", 0).loss.kl_base == 3.0  # the try wins over the method
+    assert bench.config_of(config, "lora-kl-base", 0).loss.kl_base == 1.0
+    # an ablation takes ICFT's chosen try but keeps what it takes away
+    ablation = bench.config_of(config, "icft-no-ltm@memory-x2", 0)
+    assert ablation.memory.ltm_replay == 0.0 and ablation.loss.consistency == 2.0
+    assert bench.run_dir(Path("w"), "icft@lr-x2", 1) == Path("w/icft@lr-x2/seed1")
+
+
+def _validation(medical: float, voice: float) -> dict:
+    """A synthetic validation.json: the medical items' and the own-voice prompts' answer NLL."""
+    return {"lr": 1e-3, "sets": {"medquad": {"items": {f"m{i}": {"answer_nll": medical} for i in range(4)}},
+                     "mediqa": {"items": {f"q{i}": {"hit": 1, "answer_nll": medical} for i in range(4)}},
+                     "own_voice": {"items": {f"v{i}": {"answer_nll": voice} for i in range(4)}}}}  # fmt: skip
+
+
+def test_the_chosen_try_has_the_best_validation_trade(bench, tmp_path):
+    import json
+
+    def put(name: str, record: dict) -> None:
+        folder = bench.run_dir(tmp_path, name, 0)
+        folder.mkdir(parents=True)
+        (folder / "validation.json").write_text(json.dumps(record))
+
+    assert bench.select(tmp_path, ["icft"]) == {}  # no base scored yet
+    put("base", _validation(2.0, 1.0))
+    put("icft", _validation(1.6, 1.3))  # gains 0.4, forgets 0.3: +0.1
+    put("icft@lr-x2", _validation(1.2, 1.9))  # gains 0.8, forgets 0.9: -0.1 (the most medical gain)
+    put("icft@memory-x2", _validation(1.7, 1.1))  # gains 0.3, forgets 0.1: +0.2
+    put("lora-sequential", _validation(1.5, 1.2))  # its other tries are missing: not chosen yet
+    found = bench.select(tmp_path, ["base", "icft", "lora-sequential"])
+    assert set(found) == {"icft"} and found["icft"]["chosen"] == "icft@memory-x2"
+    assert found["icft"]["tries"]["icft@lr-x2"]["medical_nll_drop"] == pytest.approx(0.8)
+    assert found["icft"]["tries"]["icft"]["trade"] == pytest.approx(0.1)
+    table = bench.tuning_table(found)
+    assert len(table) == 5 and "| yes |" in table[-1] and "memory-x2" in table[-1]
+    assert found["icft"]["tries"]["icft"]["open_answers_nll_drop"] == pytest.approx(0.4)  # medquad alone
