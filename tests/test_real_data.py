@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from _benchmark_script import load_benchmark
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
 
 
 @pytest.fixture(scope="module")
 def real_data():
-    spec = importlib.util.spec_from_file_location("real_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("real_data")
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not beside this checkout")

@@ -3,23 +3,17 @@ read the per-item scores the way they say."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from _benchmark_script import load_benchmark
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_smollm2.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("real_smollm2", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["real_smollm2"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("real_smollm2")
 
 
 @pytest.mark.skipif(not (SHARED / "pubmedqa" / "train.jsonl").is_file(),
