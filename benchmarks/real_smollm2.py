@@ -77,6 +77,7 @@ from base_models import floors  # noqa: E402  (the trivial floors of the base-mo
 from icft.config import RunConfig, load_config  # noqa: E402
 from icft.data.loaders import load_examples  # noqa: E402
 from icft.data.schema import Example  # noqa: E402
+from icft.errors import ConfigError  # noqa: E402
 from icft.evaluation.baselines import trivial_baselines  # noqa: E402
 from icft.evaluation.stage_eval import fixed_sample  # noqa: E402
 from icft.evaluation.statistics import Difference, paired_items, paired_runs  # noqa: E402
@@ -803,8 +804,14 @@ def main() -> int:
         return 0
     sizes = Sizes(**{k: getattr(args, f"size_{k}") for k, v in dataclasses.asdict(Sizes()).items()
                      if isinstance(v, int)})  # fmt: skip
-    config = load_config(args.config, args.set)
-    methods = args.methods.split(",") if args.methods else list(config.compare.methods)
+    try:  # a bad config value or an unknown method: one line and exit 2, before any data or model loads
+        config = load_config(args.config, args.set)
+        methods = args.methods.split(",") if args.methods else list(config.compare.methods)
+        for method in methods:
+            config_of(config, method, 0)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(config.compare.seeds)
     wise = tuple(float(a) for a in args.wise.split(",") if a.strip())
     work = Path(args.work_dir) / f"{config.name}-{config_key(config, sizes)}"

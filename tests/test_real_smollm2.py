@@ -152,3 +152,20 @@ def test_the_chosen_try_has_the_best_validation_trade(bench, tmp_path):
     table = bench.tuning_table(found)
     assert len(table) == 5 and "| yes |" in table[-1] and "memory-x2" in table[-1]
     assert found["icft"]["tries"]["icft"]["open_answers_nll_drop"] == pytest.approx(0.4)  # medquad alone
+
+
+BAD_INPUTS = [(["--set", "train.lr=-1"], "config key 'train.lr': must be >= 0.0, got -1.0"),
+              (["--methods", "base,lora-nonsense"], "unknown method 'lora-nonsense'")]  # fmt: skip
+
+
+@pytest.mark.parametrize("args, said", BAD_INPUTS)
+def test_a_bad_value_or_method_is_one_line_and_exit_2_before_anything_loads(bench, tmp_path, monkeypatch, capsys,
+                                                                            args, said):  # fmt: skip
+    (tmp_path / "pubmedqa").mkdir()
+    (tmp_path / "pubmedqa" / "train.jsonl").write_text("")  # the data check passes; nothing is read before the error
+    monkeypatch.setattr("sys.argv", ["real_smollm2.py", "--data", str(tmp_path), "--work-dir", str(tmp_path / "w"),
+                                     "--report-only", *args])  # fmt: skip
+    assert bench.main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and said in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()
