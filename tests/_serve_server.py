@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from _inference_run import knowledge_file
+from _paced_icft import command as paced_icft
 
 
 def long_llama(folder: Path, bert_tokenizer) -> Path:
@@ -52,12 +53,15 @@ def free_port() -> int:
 class Server:
     """A running `icft serve --model MODEL --model-name tiny ...`; `stop()` sends SIGTERM to its pid."""
 
-    def __init__(self, model: Path, folder: Path, *extra: str, retrieve: bool = True, env: dict | None = None):
+    def __init__(self, model: Path, folder: Path, *extra: str, retrieve: bool = True, env: dict | None = None,
+                 pace: float = 0.0):  # fmt: skip
+        """`pace`: the least seconds each model forward takes (tests/_paced_icft.py), so that a long answer is
+        still running when a test acts on it, on a fast machine too."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "icft", "serve", "--model", str(model), "--model-name", "tiny",
-               "--port", str(self.port), *extra]  # fmt: skip
+        args = ["serve", "--model", str(model), "--model-name", "tiny", "--port", str(self.port), *extra]
+        cmd = paced_icft(pace, *args) if pace else [sys.executable, "-m", "icft", *args]
         if retrieve:
             cmd += ["--knowledge", str(knowledge_file(folder)), "--retrieve", "2"]
         with self.log.open("w") as out:

@@ -45,7 +45,7 @@ def browser():
 def server(tmp_path_factory, bert_tokenizer, browser):  # the browser first: a skip skips before the server starts
     folder = tmp_path_factory.mktemp("chat-page")
     model = long_llama(folder / "model", bert_tokenizer)
-    running = Server(model, folder, "--api-key", KEY)
+    running = Server(model, folder, "--api-key", KEY, pace=0.005)  # a 1900-token answer runs >= 19 s: Stop finds it
     yield running
     running.stop()
 

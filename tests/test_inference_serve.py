@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -16,6 +15,7 @@ import urllib.request
 import openai
 import pytest
 from _inference_run import trained_run
+from _paced_icft import command as paced_icft
 
 pytestmark = pytest.mark.slow  # a server start (imports, model, embedder) takes several seconds
 
@@ -41,8 +41,10 @@ def server(tmp_path_factory, tiny_llama_dir, staged_data):
     run = trained_run(tmp_path_factory, tiny_llama_dir, staged_data)
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [sys.executable, "-m", "icft", "serve", "--run", str(run), "--retrieve", "2", "--port", str(port),
-           "--model-name", "tiny", "--queue-size", "2"]  # fmt: skip
+    # paced (tests/_paced_icft.py: at least 5 ms a forward): a 200-token answer takes at least 2 s on any machine,
+    # so the queueing test's requests are still running when the next ones arrive
+    cmd = paced_icft(0.005, "serve", "--run", str(run), "--retrieve", "2", "--port", str(port),
+                     "--model-name", "tiny", "--queue-size", "2")  # fmt: skip
     with log.open("w") as out:
         # one torch thread: the tiny model gains nothing from two, which slow each other down on a busy machine
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

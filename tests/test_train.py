@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _paced_icft import command as paced_icft
 from safetensors.torch import load_file
 
 from icft.cli import main
@@ -93,7 +94,9 @@ def test_kill_and_resume_ends_with_the_same_adapter(tiny_llama_dir, staged_data,
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_icft(*args, "--output-dir", str(straight)), check=True, env=env, capture_output=True)
 
-    proc = subprocess.Popen(_icft(*args, "--output-dir", str(killed)), env=env,
+    # paced (at least 20 ms a forward): the 50 steps after the step-10 checkpoint take over a second on any
+    # machine, so the kill lands mid-run; the numbers are the unpaced run's
+    proc = subprocess.Popen(paced_icft(0.02, "train", *args, "--output-dir", str(killed)), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step-000010").exists() and time.time() < deadline:
