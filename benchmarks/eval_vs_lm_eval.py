@@ -61,12 +61,11 @@ metric_list:
 
 def load_model_and_tokenizer(model_name: str, run_dir: str | None):
     """The model to score; a run's LoRA adapter is merged so both harnesses see one plain model."""
-    import yaml
-
     from icft.models import load_model
+    from icft.runs import run_config
 
     if run_dir:
-        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        config = run_config(run_dir)  # icft's YAML reader: no aliases, one-line errors
         model, tokenizer = load_model(config["model"]["name"])
         from peft import PeftModel
 

@@ -132,8 +132,11 @@ def test_print_table_shows_baselines_next_to_the_model():
     print_table({"f.jsonl": result}, file=out, examples={"f.jsonl": items})
     lines = out.getvalue().splitlines()
     assert lines[2].startswith("f.jsonl ")
-    assert [line.split()[0] for line in lines[3:]] == ["f.jsonl"] * 3
+    assert [line.split()[0] for line in lines[3:6]] == ["f.jsonl"] * 3
     assert "[random]" in lines[3] and "[majority]" in lines[4] and "[position-prior]" in lines[5]
+    # under the table, what each baseline is (issue 38: "majority" alone did not say it is chosen on these items)
+    assert [line.split()[0] for line in lines[6:]] == ["[random]", "[majority]", "[position-prior]"]
+    assert "chosen on these items" in lines[7]
     assert "0.5000" in lines[3]  # random preference accuracy
     plain = io.StringIO()
     print_table({"f.jsonl": result}, file=plain)

@@ -421,7 +421,7 @@ def test_eval_command_rejects_bad_data(tmp_path, capsys):
 def test_eval_command_rejects_bad_run_dir_and_model(tmp_path, capsys):
     data = str(write_jsonl(tmp_path / "d.jsonl", choice_examples()[:1]))
     assert eval_command(str(tmp_path / "no-run"), None, [data], None) == 2
-    assert "run directory not found" in capsys.readouterr().err
+    assert "not a run folder (no such folder)" in capsys.readouterr().err
     (tmp_path / "run").mkdir()
     assert eval_command(str(tmp_path / "run"), None, [data], None) == 2
     assert "config.yaml" in capsys.readouterr().err

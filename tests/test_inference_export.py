@@ -135,3 +135,23 @@ def test_an_exported_plain_run_on_a_chat_model_is_served_plain(plain_run_on_chat
     adapter = tmp_path / "adapter"
     assert main(["export", "--run", str(plain_run_on_chat_model), "--output", str(adapter)]) == 0
     assert json.loads((adapter / PROMPT_FORMAT_FILE).read_text())["template"] == "plain"
+
+
+def test_a_merge_that_changes_the_outputs_is_refused_and_writes_nothing(run, tmp_path, monkeypatch, capsys):
+    """The export loads what it saved and compares it with the run on two probe texts: a merged model that does not
+    answer as base + adapter does (a tie lost on save, a merge bug in a new release) is refused, not shipped."""
+    from transformers import PreTrainedModel
+
+    real_save = PreTrainedModel.save_pretrained
+
+    def save_a_changed_model(self, folder, *args, **kwargs):  # as if the output layer lost its tie on save
+        with torch.no_grad():
+            self.get_output_embeddings().weight[:, 0] += 1.0
+        return real_save(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", save_a_changed_model)
+    out = tmp_path / "merged"
+    assert main(["export", "--run", str(run), "--output", str(out), "--merge"]) == 2
+    err = capsys.readouterr().err
+    assert "the saved merged model, loaded back with from_pretrained changed the model's outputs" in err, err
+    assert not out.exists()  # nothing half-written

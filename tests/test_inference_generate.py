@@ -100,6 +100,6 @@ def test_generate_prompt_and_bad_input(tiny_gpt2_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[prompt-0]" in out and "[prompt-1]" in out
     assert main(["generate", "--run", str(tmp_path / "none"), "--prompt", "x"]) == 2
-    assert "run directory not found" in capsys.readouterr().err
+    assert "not a run folder (no such folder)" in capsys.readouterr().err
     assert main(["generate", "--model", str(tiny_gpt2_dir), "--prompt", "x", "--retrieve", "2"]) == 2
     assert "--retrieve needs" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def scored(monkeypatch) -> list[TokenizedPair]:
     """Every sequence scoring and answer NLL put through the model (likelihood.score_sequences)."""
     seen: list[TokenizedPair] = []
 
-    def record(model, sequences, pad_id, batch_size=32, progress=False, share_prompts=True):
+    def record(model, sequences, pad_id, batch_size=32, progress=False, share_prompts=True, **display):
         seen.extend(sequences)
         return [0.0] * len(sequences)
 

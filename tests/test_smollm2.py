@@ -193,3 +193,19 @@ def test_lora_run_on_smollm2_exports_a_merged_model_plain_transformers_loads(smo
         got = merged(**tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)).logits
     assert (got - expected).abs().max().item() <= 1e-4
     assert (base - expected).abs().max().item() > 1e-3  # the adapter does change the model
+
+
+@pytest.mark.slow
+def test_generate_asks_a_prompt_as_a_user_turn_and_raw_continues_text(smollm2_home, tmp_path):
+    """A new user's first question gets an answer: the chat model, given the bare question as raw text, ends at
+    once (issue 34); as a user turn in its chat template it answers."""
+    question = "What is the first-line treatment for asthma?"
+    asked, raw = tmp_path / "asked.json", tmp_path / "raw.json"
+    common = ["generate", "--model", SMOLLM2, "--prompt", question, "--max-new-tokens", "24"]
+    assert main([*common, "--json", str(asked)]) == 0
+    answer = json.loads(asked.read_text())["answers"][0]
+    assert "<|im_start|>user\n" + question in answer["prompt"] and answer["prompt"].endswith("<|im_start|>assistant\n")
+    assert len(answer["answer"].split()) >= 8, answer
+    assert main([*common, "--raw", "--json", str(raw)]) == 0
+    assert json.loads(raw.read_text())["answers"][0]["prompt"] == question  # continued as it is
+    assert main(["generate", "--model", SMOLLM2, "--data", "x.jsonl", "--raw"]) == 2  # --raw is for --prompt

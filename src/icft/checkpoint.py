@@ -6,11 +6,18 @@ schedule, both memories and the random-number generators (CUDA's too, where the 
 process draws its own batches and keeps its own memories, so each restores its own file. A killed run
 resumed from here ends exactly where an uninterrupted run would (tests/test_train.py checks it on CPU;
 tests/test_checkpoint_rng.py checks the CUDA generator where there is one).
+
+Every file is read with `torch.load(weights_only=True)`: tensors and plain data (dicts, lists, numbers, text)
+only, so a checkpoint from a shared or downloaded run folder cannot run code when it is resumed. The RNG
+states are saved as lists of numbers for that reason. A file holding anything else (a checkpoint of an older
+icft, which pickled Python objects, or a tampered one) is refused with one line, unread.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +25,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from .runs import PARTIAL_CHECKPOINT
+from .errors import TrainingError
+from .runs import PARTIAL_CHECKPOINT, checkpoint_folders, real_folder
 
 KEEP = 2  # checkpoints kept; older ones are removed once a newer one is complete
 
@@ -81,10 +89,11 @@ def fingerprint(model: torch.nn.Module) -> list[float]:
 def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, optimizer, scheduler,
                     rank_state: dict) -> None:  # fmt: skip
     root = run_dir / "checkpoints"
+    real_folder(root, run_dir)  # never a link out of the run: rotation below deletes in it
     tmp, final = root / f"{PARTIAL_CHECKPOINT}{step:06d}", root / f"step-{step:06d}"  # a kill leaves tmp: the
     # next start or resume removes it (RunFolder.claim)
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -96,10 +105,10 @@ def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, o
         torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
+        _remove(final)
         tmp.rename(final)  # a checkpoint exists only once every file of it is written
-        for old in sorted(root.glob("step-*"))[:-KEEP]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in checkpoint_folders(run_dir)[:-KEEP]:
+            _remove(old)
     accelerator.wait_for_everyone()
 
 
@@ -108,24 +117,49 @@ def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
+def _remove(path: Path) -> None:
+    """Remove a checkpoint folder; a link in its place is removed itself, never followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("step-*"))
+    found = checkpoint_folders(run_dir)
     return found[-1] if found else None
 
 
 def load_checkpoint(path: Path, accelerator: Accelerator, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer and scheduler; return this process's own state."""
-    weights = torch.load(path / "trainable.pt", map_location="cpu")
-    optim = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
+    weights = load_data_only(path / "trainable.pt")
+    optim = load_data_only(path / "optim.pt")
     load_trainable(accelerator.unwrap_model(model), _inner(optimizer), weights, optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
-    return torch.load(path / f"rank{accelerator.process_index}.pt", map_location="cpu", weights_only=False)
+    return load_data_only(path / f"rank{accelerator.process_index}.pt")
+
+
+def load_data_only(path: Path):
+    """A checkpoint file's tensors and plain data; a TrainingError, before anything in it is built, when it
+    holds other Python objects (which unpickling could make run code)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        named = re.search(r"GLOBAL ([\w.]+)", str(error))  # the callable or class the file asked for
+        what = f"it names {named.group(1)}" if named else "not plain data"
+        run_dir = path.parent.parent.parent
+        raise TrainingError(f"{path}: not loaded: it holds Python objects beyond tensors and plain data ({what}), "
+                            "which could run code; it is a checkpoint of an older icft or was tampered with. Train "
+                            f"again with the same config (icft train --config {run_dir / 'config.yaml'} "
+                            f"--output-dir {run_dir})") from None  # fmt: skip
 
 
 def rng_states(rng: random.Random) -> dict:
     """Every generator a training step draws from. On a GPU, dropout (LoRA's included) draws from the CUDA
     generator of the process's own device (accelerate gives each process one): saved where CUDA is in use."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy = [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]  # numbers: loadable with weights_only
+    states = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state(),
               "recipe": rng.getstate()}  # fmt: skip
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # not initialized: nothing ran on a GPU
         states["cuda"] = torch.cuda.get_rng_state()  # the current device's
@@ -135,9 +169,16 @@ def rng_states(rng: random.Random) -> dict:
 def restore_rng_states(states: dict, rng: random.Random) -> None:
     """Restore rng_states(). A checkpoint without a CUDA state (an older one, or a CPU run) leaves CUDA's
     generator as seeded; a CUDA state resumed on a machine without CUDA is not needed there."""
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    random.setstate(_as_tuples(states["python"]))
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(gauss)))
     torch.set_rng_state(states["torch"])
-    rng.setstate(states["recipe"])
+    rng.setstate(_as_tuples(states["recipe"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"])
+
+
+def _as_tuples(state) -> tuple:
+    """random.Random's state as setstate takes it: (version, tuple of ints, gauss)."""
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

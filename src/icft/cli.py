@@ -43,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--run", help="run folder written by icft train")
     who.add_argument("--model", help="untrained base model: hub id, local folder or smollm2-135m-instruct")
     ev.add_argument("--data", nargs="+", required=True, help="data files to evaluate on")
-    ev.add_argument("--json", help="write metrics to this JSON file")
+    ev.add_argument("--json", help="write metrics to this JSON file (default with --run: RUN/eval-<data>.json)")
+    ev.add_argument("--base", action="store_true", help="also evaluate the run's untrained base model: paired "
+                    "changes with 95%% intervals")  # fmt: skip
+    ev.add_argument("--show", type=int, default=0, metavar="N", help="print N generated answers beside references")
+    ev.add_argument("--max-length", type=int, default=None, metavar="TOKENS",
+                    help="cut inputs to this many tokens (default: the run's max_length; 1024 for --model)")
     ev.add_argument("--max-examples", type=int, default=None, help="evaluate at most this many per file")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--retrieve", type=int, default=0, metavar="K", help="put the K nearest memory facts in prompts")
@@ -54,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--model", default="smollm2-135m-instruct",
                       help="hub id, local folder or smollm2-135m-instruct (the default)")
     init.add_argument("--output", default="icft.yaml", help="config file to write (default icft.yaml)")
+    init.add_argument("--test", nargs="+", default=[], help="held-out test files for icft compare (compare.test)")
 
     compare = sub.add_parser("compare", help="ICFT against baselines, same budget, several seeds")
     compare.add_argument("--config", required=True)
@@ -92,13 +98,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "init":
         from .init_config import init_command
 
-        return init_command(args.data, args.model, args.output)
+        return init_command(args.data, args.model, args.output, args.test)
     if args.command == "eval":
         from .evaluation.commands import eval_command
 
         return eval_command(run_dir=args.run, model=args.model, data=args.data, json_path=args.json,
                             max_examples=args.max_examples, batch_size=args.batch_size,
-                            retrieve=args.retrieve, knowledge=args.knowledge)  # fmt: skip
+                            retrieve=args.retrieve, knowledge=args.knowledge, base=args.base, show=args.show,
+                            max_length=args.max_length)  # fmt: skip
     if args.command in ("generate", "chat", "export", "serve"):
         from .inference.commands import dispatch
 
@@ -123,7 +130,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there, not a run folder")
+            from .errors import not_a_run
+
+            raise not_a_run(run_dir)
         config = load_config(run_dir / "config.yaml", args.set)
         trained_for = load_config(run_dir / "config.yaml").train.max_steps
         if config.train.max_steps != trained_for:  # the stage ends and the LR schedule were laid out for it

@@ -9,6 +9,7 @@ range, is a ConfigError naming the key. A key's type and allowed values are its 
 
 from __future__ import annotations
 
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -52,6 +53,9 @@ class DataConfig(Section):
     validation_split: float = Field(0.05, ge=0.0, le=0.5)
     max_train_examples: int = Field(0, ge=0)  # 0: all
     template: Template = "auto"  # auto: the tokenizer's chat template where it has one
+    # {source: system prompt}; "*" for every other source and for chat/serve conversations ({}: none). Saved in
+    # the run's prompt_format.json, so every path (training, eval, generate, chat, serve) asks with it.
+    system_prompt: dict[str, str] = {}
 
 
 class CurriculumConfig(Section):
@@ -89,6 +93,19 @@ class MemoryConfig(Section):
     # Put the k facts nearest to each training example (from the other training examples) in its prompt, so
     # the model learns to use the context `--retrieve` gives it at answer time (0: off).
     retrieve_in_training: int = Field(0, ge=0)
+    # The relevance floor of --retrieve K at answer time: facts whose cosine similarity to the question is below
+    # it are left out of the prompt (None: the top K whatever they score). Saved with the run, read by every path.
+    retrieve_min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    # The stage-0 memory (issue 36): files of general prompts (or records with a question/instruction) whose
+    # untrained greedy answers and output distributions are recorded before step 0 into a protected LTM group,
+    # replayed in every stage with its own consistency term anchored to the untrained model ([]: off).
+    general: list[str] = []
+    general_size: int = Field(64, ge=0)  # prompts in the stage-0 memory (0: none; the probe may still be made)
+    general_probe: int = Field(20, ge=0)  # other prompts kept out as the own-voice validation probe
+    general_new_tokens: int = Field(48, ge=1)  # greedy answer budget of the untrained model
+    general_replay: float = Field(0.25, ge=0.0, lt=1.0)  # stage-0 rows added to each batch, a share of its size
+    general_consistency: float = Field(1.0, ge=0.0)  # weight of the stage-0 group's KL to the untrained model
+    general_ce: float = Field(0.0, ge=0.0)  # weight of cross-entropy on its self-generated answers (self-distillation)
 
 
 class LossConfig(Section):
@@ -114,6 +131,11 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
     eval_max_examples: int = Field(200, ge=0)  # per stage, for the after-stage accuracy matrix (0: skip it)
     eval_every: int = Field(0, ge=0)  # also measure every stage's validation items every N steps (learning curves)
+    # Consolidation by merging (WiSE-FT): the LoRA scaling times alpha, saved with the run (adapter/merge.json)
+    # and applied wherever the run loads. A number, or auto: chosen on validation only from merge_grid by the
+    # medical validation answer-NLL drop plus the own-voice probe's drop (needs memory.general). None: off.
+    merge_alpha: float | Literal["auto"] | None = None
+    merge_grid: list[float] = [0.25, 0.5, 0.75, 1.0]
 
 
 class CompareConfig(Section):
@@ -154,9 +176,9 @@ class RunConfig(Section):
         cc, mc, loss = self.curriculum, self.memory, self.loss
         if isinstance(cc.stages, str) and cc.stages != "auto":
             raise ConfigError(f"config key 'curriculum.stages': expected a list of stage names or auto, got "
-                              f"{cc.stages!r}")  # fmt: skip
+                              f"{_short(cc.stages)}")  # fmt: skip
         if isinstance(cc.stages, list) and (not cc.stages or len(set(cc.stages)) != len(cc.stages)):
-            raise ConfigError(f"config key 'curriculum.stages': needs distinct stage names, got {cc.stages}")
+            raise ConfigError(f"config key 'curriculum.stages': needs distinct stage names, got {_short(cc.stages)}")
         if cc.stage_steps is not None and (not cc.stage_steps or any(s <= 0 for s in cc.stage_steps)):
             raise ConfigError("config key 'curriculum.stage_steps': shares must be positive")
         for name, weight in cc.scorers.items():
@@ -169,14 +191,15 @@ class RunConfig(Section):
             raise ConfigError("config key 'curriculum.scorers': give one scorer a positive weight, e.g. {length: 1}")
         target = self.peft.target_modules
         if isinstance(target, str) and target not in ("attention", "all-linear"):
-            raise ConfigError(f"config key 'peft.target_modules': {target!r} is not attention, all-linear or a name "
-                              "list")  # fmt: skip
+            raise ConfigError(f"config key 'peft.target_modules': {_short(target)} is not attention, all-linear or "
+                              "a name list")  # fmt: skip
         if mc.stm_replay + mc.ltm_replay >= 1.0:
             raise ConfigError("config keys 'memory.stm_replay' + 'memory.ltm_replay' must leave room for new data "
                               "(< 1)")  # fmt: skip
         if loss.kl_base > 0 and self.peft.method != "lora":
             raise ConfigError("config key 'loss.kl_base': the base model is the LoRA model with its adapter off; "
                               "it needs peft.method=lora")  # fmt: skip
+        self._merge_rules()
         if loss.task == 0 and loss.consistency == 0 and loss.finetune == 0:
             raise ConfigError("config keys 'loss.task', 'loss.consistency' and 'loss.finetune' are all 0: nothing "
                               "to train on; give one a positive weight")  # fmt: skip
@@ -187,8 +210,24 @@ class RunConfig(Section):
         if not self.compare.methods:
             raise ConfigError("config key 'compare.methods': give at least one method")
         if any(x <= 0 for x in self.compare.lr_scales):
-            raise ConfigError(f"config key 'compare.lr_scales': scales must be positive, got {self.compare.lr_scales}")
+            raise ConfigError("config key 'compare.lr_scales': scales must be positive, got "
+                              f"{_short(self.compare.lr_scales)}")
         return self
+
+
+    def _merge_rules(self) -> None:
+        alpha, grid = self.train.merge_alpha, self.train.merge_grid
+        if alpha is None:
+            return
+        if self.peft.method != "lora":
+            raise ConfigError("config key 'train.merge_alpha': scales a LoRA adapter; it needs peft.method=lora")
+        if alpha == "auto" and not self.memory.general:
+            raise ConfigError("config key 'train.merge_alpha': auto is chosen on the own-voice probe made from "
+                              "memory.general; give memory.general a file of general prompts")  # fmt: skip
+        if not isinstance(alpha, str) and alpha < 0:
+            raise ConfigError(f"config key 'train.merge_alpha': must be >= 0, got {alpha}")
+        if not grid or any(a <= 0 for a in grid):
+            raise ConfigError(f"config key 'train.merge_grid': positive scales, got {grid}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -203,8 +242,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+            raise ConfigError(f"--set {_short(item)}: expected dotted.key=value")
+        _set_dotted(raw, key.strip(), load_yaml_text(value, f"--set {_short(item)}"))
     return _validate(raw)
 
 
@@ -223,10 +262,47 @@ def read_yaml(path: str | Path) -> Any:
         line = data.count(b"\n", 0, err.start) + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the config as "
                           "UTF-8") from None  # fmt: skip
+    return load_yaml_text(text, str(path))
+
+
+class YamlAliasError(yaml.YAMLError):
+    def __init__(self, line: int):
+        super().__init__(f"line {line}")
+        self.line = line
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing aliases (*name). An alias repeats a value by reference: nested ones let a few
+    lines stand for billions of values (an "alias bomb"), which anything walking the config (a check, an error
+    message, a hash) would expand until memory runs out. Configs have no need for them."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            raise YamlAliasError(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """YAML text as icft reads every config (files, --set values, a run's config.yaml): aliases, nesting beyond
+    Python's recursion limit and syntax errors are a one-line ConfigError naming `where`."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except YamlAliasError as err:
+        raise ConfigError(f"{where}:{err.line}: YAML aliases (*name) are not accepted in icft configs; write the "
+                          "value out in full") from None  # fmt: skip
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to read (a config is a few levels of sections)") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: cannot read config: {err}") from None
+        raise ConfigError(f"{where}: cannot read config: {' '.join(str(err).split())[:300]}") from None
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 6, 6, 3
+
+
+def _short(value: Any) -> str:
+    """repr() cut to a line: an error message never echoes (or walks) a whole huge value."""
+    return _REPR.repr(value)
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
@@ -287,7 +363,7 @@ def _message(error: Any) -> str:
     if kind == "model_type":
         return f"config key '{key}': expected a section (mapping)"
     if kind == "literal_error" and isinstance(value, str):
-        return f"config key '{key}': {value!r} is not one of {', '.join(typing.get_args(hint))}"
+        return f"config key '{key}': {_short(value)} is not one of {', '.join(typing.get_args(hint))}"
     if kind in RANGE_ERRORS:  # Field(ge=..., le=... or lt=...)
         limit = {name: getattr(m, name) for m in field.metadata for name in ("ge", "le", "lt") if hasattr(m, name)}
         high = limit.get("le", limit.get("lt"))
@@ -295,7 +371,7 @@ def _message(error: Any) -> str:
         return f"config key '{key}': must be {where}, got {float(value) if hint is float else value}"
     expected = " or ".join("str" if typing.get_origin(o) is Literal else getattr(o, "__name__", str(o))
                            for o in _options(hint))  # fmt: skip
-    return f"config key '{key}': expected {expected}, got {value!r}"
+    return f"config key '{key}': expected {expected}, got {_short(value)}"
 
 
 def _options(hint: Any) -> tuple:

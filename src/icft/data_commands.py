@@ -21,26 +21,39 @@ from .data.schema import DataError, Example
 
 DATA_SUFFIXES = (".jsonl", ".json", ".xml", ".csv", ".parquet", ".arrow")
 SKIPPED_REASONS_SHOWN = 3
+ERRORS_SHOWN = 20  # bad records listed per file by `data validate` (the count of the rest follows)
+SOURCES_SHOWN = 10  # sources named per file by `data validate` (the count of the rest follows)
+BRIEF_ABOVE = 10  # more files than this: `data validate` lists each in one line
 BAR_WIDTH = 40
 
 
 def validate(paths: list[str]) -> int:
-    """Load every data file under `paths` strictly; print what each holds. Returns 0, or 2 on bad data."""
-    units, errors = _expand(paths)
-    n_examples = n_skipped = 0
+    """Load every data file under `paths`; print what each holds and every bad record (up to
+    ERRORS_SHOWN a file), each as one `error: file:line: field 'f': ...` line. A path that does not exist
+    is the first line printed. Returns 0, or 2 when any record or path is bad."""
+    units, missing = _expand(paths)
+    for error in missing:  # first, not under a listing of every other file
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    n_examples = n_skipped = n_errors = 0
+    brief = len(units) > BRIEF_ABOVE  # many files (a folder): one line each
     for unit in units:
         try:
-            result = load_examples(unit)
+            result = load_examples(unit, strict=False)
         except (DataError, OSError) as error:
-            errors.append(str(error))
+            print(f"error: {error}", file=sys.stderr)
+            n_errors += 1
             continue
-        _print_result(unit, result)
+        _print_result(unit, result, brief)
+        for error in result.invalid[:ERRORS_SHOWN]:
+            print(f"error: {error}", file=sys.stderr)
+        if len(result.invalid) > ERRORS_SHOWN:
+            print(f"error: {unit}: ... and {len(result.invalid) - ERRORS_SHOWN} more bad records", file=sys.stderr)
+        n_errors += len(result.invalid)
         n_examples += len(result.examples)
-        n_skipped += len(result.skipped)
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
-    print(f"total: {len(units)} files, {n_examples} examples, {n_skipped} skipped, {len(errors)} errors")
-    return 2 if errors else 0
+        n_skipped += len(result.skipped) - len(result.invalid)
+    n_errors += len(missing)
+    print(f"total: {len(units)} files, {n_examples} examples, {n_skipped} skipped, {n_errors} errors")
+    return 2 if n_errors else 0
 
 
 def stats(paths: list[str], score: bool = False) -> int:
@@ -67,6 +80,9 @@ def stats(paths: list[str], score: bool = False) -> int:
                           ("stage", [e.stage or "-" for e in examples])):  # fmt: skip
         _print_counts(title, Counter(values))
     _print_lengths(examples)
+    from .data.templated import print_template_measures
+
+    print_template_measures(examples)  # boilerplate a model would learn to say (per file)
     if score:
         from .curriculum import attach_difficulty, difficulty_scores
 
@@ -122,22 +138,32 @@ def _data_under(folder: Path) -> list[str]:
 # Printing
 
 
-def _print_result(unit: str, result: LoadResult) -> None:
+def _print_result(unit: str, result: LoadResult, brief: bool = False) -> None:
     examples = result.examples
-    print(f"{unit}: format {result.format}, {len(examples)} examples, {len(result.skipped)} skipped")
+    n_bad = len(result.invalid)
+    bad = f", {n_bad} bad" if n_bad else ""
+    print(f"{unit}: format {result.format}, {len(examples)} examples, {len(result.skipped) - n_bad} skipped{bad}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    if brief:
+        return
     print(f"  kinds:   {_inline(Counter(e.kind for e in examples))}")
-    print(f"  sources: {_inline(Counter(e.source for e in examples))}")
-    for _, reason in result.skipped[:SKIPPED_REASONS_SHOWN]:
+    print(f"  sources: {_inline(Counter(e.source for e in examples), SOURCES_SHOWN)}")
+    invalid = {str(error) for error in result.invalid}
+    skipped = [reason for _, reason in result.skipped if reason not in invalid]  # bad records: listed as errors
+    for reason in skipped[:SKIPPED_REASONS_SHOWN]:
         print(f"  skipped: {reason}")
-    if len(result.skipped) > SKIPPED_REASONS_SHOWN:
-        print(f"  skipped: ... and {len(result.skipped) - SKIPPED_REASONS_SHOWN} more")
+    if len(skipped) > SKIPPED_REASONS_SHOWN:
+        print(f"  skipped: ... and {len(skipped) - SKIPPED_REASONS_SHOWN} more")
     duplicates = [i for i, n in Counter(e.id for e in examples).items() if n > 1]
     if duplicates:  # not an error: training does not need unique ids, but joins on them would be wrong
         print(f"  warning: {len(duplicates)} ids occur more than once (first: {duplicates[0]})")
 
 
-def _inline(counts: Counter) -> str:
-    return ", ".join(f"{name} {n}" for name, n in counts.most_common()) or "-"
+def _inline(counts: Counter, limit: int | None = None) -> str:
+    shown = counts.most_common(limit)
+    more = f", ... ({len(counts) - len(shown)} more)" if len(shown) < len(counts) else ""
+    return (", ".join(f"{name} {n}" for name, n in shown) or "-") + more
 
 
 def _print_counts(title: str, counts: Counter) -> None:

@@ -6,6 +6,8 @@ stay light: importing this module imports nothing else of icft but the data sche
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .data.schema import DataError
 
 
@@ -18,3 +20,11 @@ class TrainingError(RuntimeError):
 
 
 USER_ERRORS = (ConfigError, DataError, TrainingError, FileNotFoundError)
+
+
+def not_a_run(path: object) -> FileNotFoundError:
+    """The one error every command that takes a run folder (eval --run, generate --run, export --run, chat,
+    serve, train --resume) gives for a path that is not one: no folder there, or no config.yaml in it."""
+    folder = Path(str(path))
+    why = "no such folder" if not folder.is_dir() else "no config.yaml in it"
+    return FileNotFoundError(f"{folder}: not a run folder ({why}); give the folder icft train wrote, e.g. runs/<name>")

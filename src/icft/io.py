@@ -102,6 +102,17 @@ def _check_writable(folder: Path, option: str, path: Path) -> None:
         raise ConfigError(f"{option} {path}: cannot write in {existing} ({error.strerror})") from None
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content; a one-line ConfigError naming the file when it is not JSON, not UTF-8, or nested
+    past Python's recursion limit (json raises RecursionError there, which would be a traceback)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

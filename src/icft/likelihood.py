@@ -14,6 +14,31 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data.tokenize import IGNORE_INDEX, TokenizedPair, collate, encode_pair
 
+# Evaluation's memory bound. A batch holds at most `token_budget(model)` tokens (rows x padded width), so the
+# logits at its scored positions (positions x vocabulary x 4 bytes) take about LOGIT_BUDGET_BYTES whatever the
+# batch size or the length of the inputs; log-probabilities are then taken LOGP_CHUNK positions at a time.
+LOGIT_BUDGET_BYTES = 384 * 2**20
+LOGP_CHUNK = 256
+
+
+def token_budget(model) -> int:
+    """Tokens per evaluation batch: LOGIT_BUDGET_BYTES of float32 logits over the model's vocabulary
+    (about 2,000 tokens for SmolLM2's 49,152), at least 256."""
+    config = getattr(_inner_model(model), "config", None)
+    vocab = getattr(config, "vocab_size", None) or 50_000
+    return max(256, LOGIT_BUDGET_BYTES // (4 * int(vocab)))
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each row of (n, vocab) logits, in float32, LOGP_CHUNK rows at a time: a full
+    log-softmax over (n, vocab) would be a second copy of the logits."""
+    out = torch.empty(len(targets), dtype=torch.float32, device=logits.device)
+    for start in range(0, len(targets), LOGP_CHUNK):
+        rows = logits[start : start + LOGP_CHUNK].float()
+        picked = rows.gather(-1, targets[start : start + LOGP_CHUNK].unsqueeze(-1)).squeeze(-1)
+        out[start : start + LOGP_CHUNK] = picked - rows.logsumexp(-1)
+    return out
+
 
 def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits only at positions that predict a target token: (n, vocab), their labels (n,), rows (n,).
@@ -58,9 +83,12 @@ def eval_batches(model, n_items: int, batch_size: int, progress: bool = False, d
     """Start index of each batch of `n_items`; the model is in eval mode while they run, its mode restored after."""
     starts = range(0, n_items, batch_size)
     if progress:
+        import sys
+
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+        # on stderr, and cleared when done (leave=False): a table printed after it starts on a clean line
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
     was_training = model.training
     model.eval()
     try:
@@ -69,9 +97,20 @@ def eval_batches(model, n_items: int, batch_size: int, progress: bool = False, d
         model.train(was_training)
 
 
+def budget_batches(widths: list[int], batch_size: int, budget: int) -> list[list[int]]:
+    """Positions of `widths` (longest first) in batches of at most `batch_size` rows and `budget` tokens
+    (rows x the first, longest width); a batch holds at least one row."""
+    batches: list[list[int]] = []
+    for k in range(len(widths)):
+        if not batches or len(batches[-1]) >= batch_size or (len(batches[-1]) + 1) * widths[batches[-1][0]] > budget:
+            batches.append([])
+        batches[-1].append(k)
+    return batches
+
+
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int):
     """Per-token log-probabilities of the targets, summed per row: (token_logp (n,), row_sum, row_count)."""
-    token_logp = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    token_logp = token_logprobs(logits, targets)
     row_sum = torch.zeros(n_rows, device=logits.device).index_add(0, rows, token_logp)
     row_count = torch.zeros(n_rows, device=logits.device).index_add(0, rows, torch.ones_like(token_logp))
     return token_logp, row_sum, row_count
@@ -105,8 +144,10 @@ def score_sequences(
     batch_size: int = 32,
     progress: bool = False,
     share_prompts: bool = True,
+    desc: str = "scoring",
 ) -> list[float]:
-    """Summed log-probability of each sequence's target tokens, in length-sorted batches.
+    """Summed log-probability of each sequence's target tokens, in length-sorted batches of at most
+    `batch_size` rows and `token_budget(model)` tokens.
 
     Sequences with the same prompt ids share work, as in lm-evaluation-harness: single-token targets
     (yes / no / maybe) are all read off one next-token distribution; longer targets (the options of a
@@ -121,36 +162,50 @@ def score_sequences(
         groups.setdefault(key, []).append(i)
     shared, passes = [], []  # groups scored on a cached prompt; groups scored in one full-sequence pass
     can_share = _can_share_prompt(model)
+    budget = token_budget(model)
     for members in groups.values():
         if len(members) == 1 or all(sequences[i].n_target == 1 for i in members):
             passes.append(members)
         elif can_share:
-            shared.append(members)
+            # a prompt shared by many long answers is split into parts that each fit the token budget
+            width = max(len(sequences[i].input_ids) for i in members)
+            step = max(1, budget // max(1, width))
+            shared += [members[k : k + step] for k in range(0, len(members), step)]
         else:
             passes += [[i] for i in members]
-    batches = [(_score_full, chunk) for chunk in _length_batches(passes, sequences, batch_size, rows=lambda m: 1)]
-    batches += [(_score_shared, chunk) for chunk in _length_batches(shared, sequences, batch_size, rows=len)]
+    batches = [
+        (_score_full, chunk)
+        for chunk in _length_batches(passes, sequences, batch_size, rows=lambda m: 1, budget=budget)
+    ]
+    batches += [(_score_shared, chunk) for chunk in _length_batches(shared, sequences, batch_size, rows=len,
+                                                                   budget=budget)]  # fmt: skip
     scores = [0.0] * len(sequences)
     device = next(model.parameters()).device
-    for b in eval_batches(model, len(batches), 1, progress, desc="scoring"):
+    for b in eval_batches(model, len(batches), 1, progress, desc=desc):
         score, chunk = batches[b]
         score(model, sequences, chunk, pad_id, device, scores)
     return scores
 
 
 def _length_batches(groups: list[list[int]], sequences: list[TokenizedPair], batch_size: int,
-                    rows: Callable[[list[int]], int]) -> list[list[list[int]]]:  # fmt: skip
+                    rows: Callable[[list[int]], int], budget: int | None = None) -> list[list[list[int]]]:  # fmt: skip
     """Groups, longest first (little padding), in batches of at most `batch_size` rows (a group takes
-    `rows(group)` of them; a batch holds at least one group)."""
-    order = sorted(groups, key=lambda members: -max(len(sequences[i].input_ids) for i in members))
+    `rows(group)` of them) and, given a `budget`, at most that many tokens (rows x the batch's longest
+    sequence); a batch holds at least one group."""
+
+    def width(members: list[int]) -> int:
+        return max(len(sequences[i].input_ids) for i in members)
+
+    order = sorted(groups, key=lambda members: -width(members))
     batches: list[list[list[int]]] = []
-    used = 0
+    used = longest = 0
     for members in order:
-        if not batches or used + rows(members) > batch_size:
+        n = rows(members)
+        if not batches or used + n > batch_size or (budget is not None and (used + n) * longest > budget):
             batches.append([])
-            used = 0
+            used, longest = 0, width(members)
         batches[-1].append(members)
-        used += rows(members)
+        used += n
     return batches
 
 
@@ -159,14 +214,15 @@ def _score_full(model, sequences, chunk: list[list[int]], pad_id: int, device, s
     the distribution after its prompt."""
     batch = collate([sequences[members[0]] for members in chunk], pad_id)
     logits, targets, rows = target_logits(model, {k: v.to(device) for k, v in batch.items()})
-    logp = logits.float().log_softmax(-1)
+    token_logp = token_logprobs(logits, targets)
     for r, members in enumerate(chunk):
         positions = (rows == r).nonzero().squeeze(-1)
         if len(members) == 1:
-            scores[members[0]] = logp[positions, targets[positions]].sum().item()
+            scores[members[0]] = token_logp[positions].sum().item()
         else:  # single-token continuations of one prompt
+            logp = logits[positions[0]].float().log_softmax(-1)
             for i in members:
-                scores[i] = logp[positions[0], sequences[i].input_ids[-1]].item()
+                scores[i] = logp[sequences[i].input_ids[-1]].item()
 
 
 def _score_shared(model, sequences, chunk: list[list[int]], pad_id: int, device, scores: list[float]) -> None:
@@ -199,7 +255,7 @@ def _score_shared(model, sequences, chunk: list[list[int]], pad_id: int, device,
     }
     cache_arg = "cache" if "cache" in inspect.signature(_inner_model(model).forward).parameters else "past_key_values"
     logits = model(**{k: v.to(device) for k, v in inputs.items()}, **{cache_arg: cache}).logits
-    token_logp = logits.float().log_softmax(-1).gather(-1, ids[:, 1:][keep[:, :-1]].to(device)[:, None])[:, 0]
+    token_logp = token_logprobs(logits, ids[:, 1:][keep[:, :-1]].to(device))
     total = first_logp[group_of.to(device), ids[:, 0].to(device)]
     total = total.index_add(0, keep.nonzero()[:, 0].to(device), token_logp)
     for i, value in zip(members, total.tolist()):
@@ -233,8 +289,9 @@ def answer_nll(
     max_length: int = 512,
     batch_size: int = 32,
     template: str = "plain",
+    progress: bool = False,
 ) -> list[float]:
     """Mean negative log-likelihood per target token of each (prompt, target) pair (no EOS counted)."""
     sequences = [encode_pair(tokenizer, p, t, max_length, add_eos=False, template=template) for p, t in pairs]
-    logprobs = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
+    logprobs = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, progress, desc="answer NLL")
     return [-lp / max(1, s.n_target) for lp, s in zip(logprobs, sequences)]

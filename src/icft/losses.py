@@ -1,6 +1,6 @@
 """The three ICFT loss terms: L_total = w_c * L_consistency + w_t * L_task + w_f * L_fine-tune.
 
-All terms work on the flat per-target-token view that `icft.data.tokenize.target_logits` returns:
+All terms work on the flat per-target-token view that `icft.likelihood.target_logits` returns:
 `logits` (n_tokens, vocab), `targets` (n_tokens,), `rows` (n_tokens,) = which sequence each token is in.
 
 - L_task: the current batch. Supervised examples (text, qa, dialogue): cross-entropy on target tokens

@@ -373,3 +373,14 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return trainable, total
+
+
+def set_lora_scale(model: torch.nn.Module, alpha: float) -> None:
+    """Every LoRA layer's scaling becomes alpha x lora_alpha / r (peft's set_scale): alpha 0 is the untrained
+    model, 1 the trained one, and between them WiSE-FT's interpolation (recipes/merge.py)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.scaling:
+                module.set_scale(adapter, alpha)

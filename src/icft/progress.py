@@ -65,11 +65,12 @@ class MetricsLog:
 
     def load_state_dict(self, saved: dict) -> None:
         self.window = {k: list(saved["window"].get(k, [])) for k in LOSS_PARTS}
+        self.window.update({k: list(v) for k, v in saved["window"].items() if k not in LOSS_PARTS})  # e.g. self_ce
         self.tokens, self.started = saved["tokens"], time.perf_counter() - saved["elapsed"]
 
     def add(self, parts: dict[str, float], tokens: int) -> None:
         for k, v in parts.items():
-            self.window[k].append(v)
+            self.window.setdefault(k, []).append(v)  # parts beyond LOSS_PARTS (the stage-0 memory's) where on
         self.tokens += tokens
 
     def flush(self, step: int, extra: dict, processes: int) -> dict:

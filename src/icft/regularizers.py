@@ -5,7 +5,10 @@ state across steps (`on_step`, `on_stage_end`, `state_dict`). The recipe builds 
 (`recipes/train.py: build_regularizers`) and calls them as a list.
 
 - `StoredTeacher`: ICFT's consistency term. The teacher is the model's own output distribution on each
-  long-term memory item, stored when the item entered the memory (`losses.consistency_kl`).
+  long-term memory item, stored when the item entered the memory (`losses.consistency_kl`). Each memory
+  group has its own teacher and weight: one StoredTeacher covers the consolidated (medical) stages, whose
+  teacher is the model at each stage's end; another (`StoredTeacher.self_memory`) the protected stage-0
+  group, whose teacher is the untrained model (memory.general), in a loss part of its own.
 - `EMATeacher`: the same term with an exponential moving average of the trainable parameters as the
   teacher, run on the replayed items (I-LoRA / CLS-ER: a slow "long-term" copy of the fast weights). It
   costs a second forward pass over those items each step; stored outputs cost none.
@@ -61,6 +64,13 @@ class Batch:
         """The model's logits at the LTM rows' target tokens (tokens come out row by row, in item order)."""
         return self.logits[self.token_rows >= self.ltm_start]
 
+    def item_logits(self, indices: list[int]) -> torch.Tensor:
+        """The same for the LTM items at `indices` (ascending) alone: their tokens, in item order."""
+        if len(indices) == len(self.ltm_items):
+            return self.ltm_logits()
+        rows = torch.tensor([self.ltm_start + i for i in indices], device=self.token_rows.device)
+        return self.logits[torch.isin(self.token_rows, rows)]
+
 
 class Regularizer:
     """What the training loop asks of a regularizer. Every hook but `penalty` does nothing by default."""
@@ -105,17 +115,37 @@ def _consistency(batch: Batch, teacher_ids: torch.Tensor, teacher_logprobs: torc
 
 class StoredTeacher(Regularizer):
     """KL(stored outputs || model) on the replayed LTM items' target tokens: ICFT's consistency term. Its
-    state is the long-term memory itself, saved with the memory."""
+    state is the long-term memory itself, saved with the memory.
+
+    `protected_stages` picks its group: items of those stages are left to the other StoredTeacher
+    (`protected=False`, ICFT's own term on the consolidated stages), or are its only items (`protected=True`,
+    the stage-0 memory's term, times `weight`, in the part `self_consistency`)."""
 
     name, part = "stored", "consistency"
 
+    def __init__(self, protected_stages: frozenset[str] = frozenset(), protected: bool = False, weight: float = 1.0):
+        self.protected_stages, self.protected, self.weight = protected_stages, protected, weight
+
+    @classmethod
+    def self_memory(cls, stage: str, weight: float) -> StoredTeacher:
+        """The stage-0 memory's teacher: the untrained model's outputs, its own part and weight."""
+        teacher = cls(frozenset({stage}), protected=True, weight=weight)
+        teacher.name, teacher.part = "stored_self", "self_consistency"
+        return teacher
+
     def penalty(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor | None:
-        if not batch.ltm_items:
+        mine = [i for i, item in enumerate(batch.ltm_items)
+                if (item.stage in self.protected_stages) == self.protected]  # fmt: skip
+        if not mine:
             return None
         device = batch.logits.device
-        ids = torch.cat([item.teacher_ids for item in batch.ltm_items]).to(device)
-        logprobs = torch.cat([item.teacher_logprobs for item in batch.ltm_items]).to(device)
-        return _consistency(batch, ids, logprobs)
+        ids = torch.cat([batch.ltm_items[i].teacher_ids for i in mine]).to(device)
+        logprobs = torch.cat([batch.ltm_items[i].teacher_logprobs for i in mine]).to(device)
+        student = batch.item_logits(mine)
+        if ids.shape[0] != student.shape[0]:
+            raise TrainingError("stored LTM teacher outputs do not match the replayed tokens")
+        kl = consistency_kl(student, ids, logprobs)
+        return kl if self.weight == 1.0 else self.weight * kl
 
 
 class EMATeacher(Regularizer):

@@ -10,7 +10,9 @@ runs/<name>/
   metrics.jsonl, stage_eval.json, summary.json, checkpoints/, tensorboard/
 
 icft writes only into a new or empty folder, or one with its marker, and removes only the names the marker
-lists (RUN_ENTRIES), never a user's file. adapter/, model/ and memory/ each carry the hash of the config
+lists (RUN_ENTRIES), never a user's file. It follows no link there: the lock is opened with O_NOFOLLOW and must
+be a plain file, a resumed run whose files or checkpoints/ are links is refused, and a link in icft's place is
+removed itself, not what it points to. adapter/, model/ and memory/ each carry the hash of the config
 they were trained under, so a folder whose config.yaml moved on without them is refused, not evaluated.
 
 `Run.from_pretrained(run_dir)` loads a finished run whole: model, tokenizer, prompt format, long-term memory
@@ -25,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import ConfigError, TrainingError
+from .io import read_json
 
 if TYPE_CHECKING:
     from .data.prompt_format import PromptFormat
@@ -75,6 +79,8 @@ class RunFolder:
         check_output_dir(self.path, "--resume" if self.resume else "--output-dir")
         if not self.path.is_dir():
             return
+        if self.resume:
+            self._check_resumable()
         if read_marker(self.path) is None and not self._legacy_resume():
             foreign = [p.name for p in sorted(self.path.iterdir()) if not _icft_own_without_marker(p.name)]
             if foreign:
@@ -88,7 +94,21 @@ class RunFolder:
 
     def _legacy_resume(self) -> bool:
         """A run folder of an icft older than the marker, resumed: config.yaml and a complete checkpoint."""
-        return self.resume and (self.path / "config.yaml").is_file() and any((self.path / "checkpoints").glob("step-*"))
+        return self.resume and (self.path / "config.yaml").is_file() and bool(checkpoint_folders(self.path))
+
+    def _check_resumable(self) -> None:
+        """Before the data loads: a resumed run writes into its files, so none may be a link (it would be written
+        through, and checkpoint rotation would delete where it points), and it needs a checkpoint to resume."""
+        for name in RUN_ENTRIES:
+            if (self.path / name).is_symlink():
+                raise TrainingError(f"{self.path / name}: a symbolic link; a resumed run writes only into its own "
+                                    "files and folders, not through links: replace the link with what it points "
+                                    "to, or train again in a new --output-dir")  # fmt: skip
+        real_folder(self.path / "checkpoints", self.path)
+        if not checkpoint_folders(self.path):
+            raise TrainingError(f"--resume {self.path}: no checkpoint yet (the run stopped before its first, every "
+                                f"train.save_every steps): run `icft train --config {self.path / 'config.yaml'} "
+                                f"--output-dir {self.path}` again with the same config")  # fmt: skip
 
     def claim(self, config: dict[str, Any], say) -> None:
         from .io import remove_leftovers, write_json
@@ -102,7 +122,8 @@ class RunFolder:
             new = config_hash(config)
             left = remove_leftovers(self.path, RUN_ENTRIES + (MARKER,))
             checkpoints = self.path / "checkpoints"
-            left += [p for p in checkpoints.glob(PARTIAL_CHECKPOINT + "*") if _remove(p)]
+            if checkpoints.is_dir() and not checkpoints.is_symlink():  # a link is removed below, never followed
+                left += [p for p in checkpoints.glob(PARTIAL_CHECKPOINT + "*") if _remove(p)]
             if left:
                 say(f"removed what an interrupted run left half-written: {', '.join(p.name for p in left)}")
             if not self.resume and marker is not None:
@@ -122,7 +143,7 @@ class RunFolder:
             return
         if any((self.path / name).exists() for name in FINISHED):
             what = "a finished run"
-        elif any((self.path / "checkpoints").glob("step-*")):
+        elif checkpoint_folders(self.path):
             what = "an interrupted run"
         else:
             return  # nothing trained there: nothing to lose
@@ -144,15 +165,39 @@ class RunFolder:
 
 
 def read_marker(run_dir: Path) -> dict | None:
-    """The folder's marker, or None when it has none. An unreadable marker still marks the folder as icft's."""
+    """The folder's marker, or None when it has none. An unreadable marker still marks the folder as icft's; one
+    whose `owned` is not a list of names is a ConfigError (icft would not know which files are its own)."""
     path = Path(run_dir) / MARKER
     if not path.is_file():
         return None
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
-    return marker if isinstance(marker, dict) else {}
+    if not isinstance(marker, dict):
+        return {}
+    owned = marker.get("owned", [])
+    if not isinstance(owned, list) or not all(isinstance(name, str) for name in owned):
+        got = type(owned).__name__ if not isinstance(owned, list) else "a list holding other things than names"
+        raise ConfigError(f"{path}: field 'owned' must be a list of file names, got {got}: the marker is damaged; "
+                          "delete it, then --resume the run there or give a new run another --output-dir")  # fmt: skip
+    return marker
+
+
+def real_folder(path: Path, run_dir: Path) -> None:
+    """`path` (inside run_dir) is missing or a real folder, not a link: icft deletes in it."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        what = "a symbolic link" if path.is_symlink() else "not a folder"
+        raise TrainingError(f"{path}: {what}; icft removes old checkpoints in there, so it must be a real folder "
+                            f"of the run {run_dir}: remove it, or train in a new --output-dir")  # fmt: skip
+
+
+def checkpoint_folders(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoints (checkpoints/step-N, real folders), oldest first; none under a link."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_symlink() or not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.is_symlink())
 
 
 def remove_own(run_dir: Path, marker: dict) -> list[str]:
@@ -184,24 +229,41 @@ def _icft_own_without_marker(name: str) -> bool:
 
 
 def _lock(run_dir: Path) -> int:
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(run_dir / LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise TrainingError(f"{run_dir} is in use by process {holder}") from None
-    os.ftruncate(fd, 0)
+    os.ftruncate(fd, 0)  # safe: _open_lock made sure it is the folder's own plain file
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _open_lock(path: Path, flags: int) -> int:
+    """Open the lock file without following a link (a link would have the lock truncate any file), and only if it
+    is a plain file with no other name (a hard link to a user's file would be truncated too)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        if path.is_symlink():
+            raise TrainingError(f"{path}: a symbolic link, not icft's lock file: remove it") from None
+        raise TrainingError(f"{path}: cannot open the lock file ({error.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "has another name (a hard link)" if stat.S_ISREG(info.st_mode) else "not a plain file"
+        raise TrainingError(f"{path}: {what}, not icft's lock file: remove it")
     return fd
 
 
 def _lock_holder(run_dir: Path) -> str | None:
     """The process id holding the folder's lock, or None when no live process holds it."""
     path = run_dir / LOCK
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         return None
-    fd = os.open(path, os.O_RDONLY)
+    fd = _open_lock(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -214,9 +276,11 @@ def _lock_holder(run_dir: Path) -> str | None:
 
 def _changed_keys(old_path: Path, new: dict[str, Any], shown: int = 4) -> str:
     """' (key: old -> new, ...)' between a saved config.yaml and a config, or '' when it cannot be read."""
+    from .config import read_yaml
+
     try:
-        old = yaml.safe_load(old_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        old = read_yaml(old_path)
+    except ConfigError:
         return ""
     if not isinstance(old, dict):
         return ""
@@ -258,10 +322,10 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's config.yaml as a dict; a clear error when the folder is not a finished run."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: run directory not found")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (is {run_dir} a folder written by icft train?)")
+        from .errors import not_a_run
+
+        raise not_a_run(run_dir)
     from .config import read_yaml
 
     config = read_yaml(path)
@@ -293,6 +357,7 @@ def load_run(run_dir: str | Path, device: str | None = None):
         except (OSError, ValueError, KeyError) as error:
             raise FileNotFoundError(f"{adapter}: could not load the adapter onto "
                                     f"'{config['model']['name']}': {error}") from None  # fmt: skip
+        apply_saved_merge(model, adapter)  # train.merge_alpha: the WiSE-FT scale saved with the run (merge.json)
     return model.to(device or _best_device()), tokenizer
 
 
@@ -348,6 +413,8 @@ def load_prompt_format(run_dir: str | Path, tokenizer: Any) -> PromptFormat:
         return PromptFormat.from_json(tokenizer, saved if isinstance(saved, dict) else {})
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
         raise ConfigError(f"{path}: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
 
 
 def load_memory(run_dir: str | Path) -> LongTermMemory | None:
@@ -355,7 +422,12 @@ def load_memory(run_dir: str | Path) -> LongTermMemory | None:
     from .memory.long_term import MEMORY_FILE, LongTermMemory
 
     folder = Path(run_dir) / "memory"
-    return LongTermMemory.load(folder) if (folder / MEMORY_FILE).is_file() else None
+    if not (folder / MEMORY_FILE).is_file():
+        return None
+    try:
+        return LongTermMemory.load(folder)
+    except RecursionError:  # json's answer to a record nested 100k deep
+        raise ConfigError(f"{folder / MEMORY_FILE}: a record nested too deeply to read") from None
 
 
 def load_base(name: str, device: str | None = None):
@@ -377,3 +449,22 @@ def _best_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+MERGE_FILE = "merge.json"  # in the run's adapter/ folder (train.merge_alpha): rewritten with the adapter, never stale
+
+
+def apply_saved_merge(model, adapter_dir: str | Path) -> float:
+    """Apply the adapter scale saved beside an adapter (none saved: 1, nothing changes); returns it."""
+    from .models import set_lora_scale
+
+    path = Path(adapter_dir) / MERGE_FILE
+    if not path.is_file():
+        return 1.0
+    saved = read_json(path)
+    alpha = saved.get("alpha") if isinstance(saved, dict) else None
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"{path}: field 'alpha' must be a number from 0 to 1, got {alpha!r:.40}")
+    if alpha != 1.0:
+        set_lora_scale(model, float(alpha))
+    return float(alpha)

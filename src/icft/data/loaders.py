@@ -47,6 +47,11 @@ class LoadResult:
     examples: list[Example]
     skipped: list[tuple[int | None, str]] = field(default_factory=list)  # (line or record number, reason)
     format: str = "icft"
+    # strict=False: the records that were skipped as bad (a subset of `skipped`), each a DataError with its
+    # file, line and field; records the dataset itself marks unusable (empty MedQuAD answers) are not in it
+    invalid: list[DataError] = field(default_factory=list)
+    # what the reader decided for the user and says once per file (e.g. records without `kind` read as qa)
+    notes: list[str] = field(default_factory=list)
 
 
 class _Unmappable(Exception):
@@ -119,8 +124,12 @@ def detect_record_format(record: Any) -> str | None:
     keys = set(record)
     # A record using only schema fields is the project's own, even when `kind` is missing (then
     # validation reports the missing field instead of "unrecognised format").
-    if "kind" in keys or ("source" in keys and keys <= KNOWN_FIELDS):
+    if "kind" in keys:
         return "icft"
+    if "source" in keys and keys <= KNOWN_FIELDS:
+        # only schema fields but no `kind`: question and answer make a qa record; otherwise validation names
+        # the missing field
+        return "qa_fields" if {"question", "answer"} <= keys else "icft"
     checks = [
         ("sharegpt", {"conversations"}),
         ("alpaca", {"instruction", "output"}),
@@ -132,8 +141,18 @@ def detect_record_format(record: Any) -> str | None:
         ("mmlu", {"question", "choices", "answer"}),
         ("chatdoctor", {"patient", "doctor"}),
         ("pairs", {"prompt", "chosen", "rejected"}),
+        # plain question/answer rows without `kind` (JSONL or csv): open (or, with options, choice) qa
+        ("qa_fields", {"question", "answer"}),
+        ("qa_fields", {"prompt", "response"}),
     ]
     return next((name for name, needed in checks if needed <= keys), None)
+
+
+# Formats read from rows that lack `kind`: said once per file (LoadResult.notes).
+INFERRED = {
+    "qa_fields": "records have no 'kind': read as qa from their question/answer (or prompt/response) fields",
+    "alpaca": "records have no 'kind': read as qa from their instruction (+ input) / output fields",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -310,6 +329,29 @@ def _alpaca(record: Any, number: int | None, name: str) -> dict:
             "question": question, "answer": _text(record, "output")}  # fmt: skip
 
 
+def _qa_fields(record: Any, number: int | None, name: str) -> dict:
+    """A row of question and answer (or prompt and response) without `kind`: a qa record. Schema fields
+    (id, source, stage, context, options, difficulty, meta) are kept; any other field goes into meta."""
+    record = _object(record)
+    if "kind" in record:  # a record of the project's own schema in the same file
+        return record
+    q_key, a_key = ("question", "answer") if "question" in record else ("prompt", "response")
+    out: dict[str, Any] = {"kind": "qa", "question": record.get(q_key), "answer": record.get(a_key)}
+    meta = dict(record["meta"]) if isinstance(record.get("meta"), dict) else {}
+    for key, value in record.items():
+        if key in (q_key, a_key, "kind"):
+            continue
+        if key in KNOWN_FIELDS - {"prompt", "chosen", "rejected", "turns", "text", "question", "answer"}:
+            out[key] = value
+        elif value not in (None, ""):
+            meta[key] = value
+    if meta:
+        out["meta"] = meta
+    if "id" in out and out["id"] is not None and not isinstance(out["id"], str):
+        out["id"] = str(out["id"])
+    return out
+
+
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
@@ -335,7 +377,7 @@ def _sharegpt(record: Any, number: int | None, name: str) -> dict:
 MAPPERS: dict[str, Callable[[Any, int | None, str], Any]] = {
     "icft": _icft, "pubmedqa": _pubmedqa, "pubmedqa_ori": _pubmedqa_ori, "medquad": _medquad,
     "mmlu": _mmlu, "mmlu_csv": _mmlu, "medquad_xml": _medquad, "medqa": _medqa, "medmcqa": _medmcqa,
-    "chatdoctor": _chatdoctor, "pairs": _pairs, "alpaca": _alpaca, "sharegpt": _sharegpt,
+    "chatdoctor": _chatdoctor, "pairs": _pairs, "alpaca": _alpaca, "sharegpt": _sharegpt, "qa_fields": _qa_fields,
 }  # fmt: skip
 FORMATS = (*MAPPERS, "hf")
 
@@ -347,7 +389,7 @@ def _convert(raws: list[_Raw], format: str, name: str, strict: bool) -> LoadResu
     mapper = MAPPERS[format]
     if format == "medmcqa":
         mapper = partial(_medmcqa, one_based=_medmcqa_is_one_based(raws))
-    examples, skipped = [], []
+    examples, skipped, invalid = [], [], []
     for raw in raws:
         try:
             examples.append(_convert_one(raw, mapper, name))
@@ -357,7 +399,9 @@ def _convert(raws: list[_Raw], format: str, name: str, strict: bool) -> LoadResu
             if strict:
                 raise
             skipped.append((raw.number, str(error)))
-    return LoadResult(examples, skipped, format)
+            invalid.append(error)
+    notes = [INFERRED[format]] if format in INFERRED else []
+    return LoadResult(examples, skipped, format, invalid, notes)
 
 
 def _convert_one(raw: _Raw, mapper: Callable, name: str) -> Example:
@@ -378,15 +422,23 @@ def _convert_one(raw: _Raw, mapper: Callable, name: str) -> Example:
 
 def _detect(raws: list[_Raw], path: Path) -> str:
     """The record format of the first JSON object; its line is blamed when there is none to recognise."""
-    for raw in raws:
-        if isinstance(raw.data, _Invalid):
-            raise DataError(raw.path, raw.line, None, raw.data.message)
-        found = detect_record_format(raw.data)
-        if found is None:
-            fields = ", ".join(sorted(raw.data)) if isinstance(raw.data, dict) else type(raw.data).__name__
-            raise DataError(raw.path, raw.line, None, f"unrecognised record format (fields: {fields})")
-        return found
-    raise DataError(path, None, None, "file is empty")
+    readable = [raw for raw in raws if not isinstance(raw.data, _Invalid)]
+    if not readable:  # every record is unreadable: the first one's reason
+        first = next((raw for raw in raws if isinstance(raw.data, _Invalid)), None)
+        if first is None:
+            raise DataError(path, None, None, "file is empty")
+        raise DataError(first.path, first.line, None, first.data.message)
+    raw = readable[0]  # lines that cannot be read are reported one by one when the records are converted
+    found = detect_record_format(raw.data)
+    if found is None:
+        fields = ", ".join(sorted(raw.data)) if isinstance(raw.data, dict) else type(raw.data).__name__
+        raise DataError(raw.path, raw.line, None, f"unrecognised record format (fields: {fields}); {FORMAT_HINT}")
+    return found
+
+
+FORMAT_HINT = ("give each record a 'kind' and its fields, e.g. {\"kind\": \"qa\", \"question\": \"...\", \"answer\": "
+               "\"...\"} (kinds: text, qa, preference, dialogue), or name the fields question and answer "
+               "(prompt and response); see docs/own-data.md")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -417,6 +469,9 @@ def _not_utf8(path: Path) -> DataError:
     return DataError(path, None, None, "not UTF-8 text")
 
 
+TOO_DEEP = "JSON nested too deeply to read (a record is a flat object of strings, lists and small objects)"
+
+
 def _jsonl_raws(path: Path, text: str) -> list[_Raw]:
     raws = []
     # split("\n"), not splitlines(): JSON strings may hold U+2028/U+2029, which splitlines() breaks on
@@ -426,7 +481,9 @@ def _jsonl_raws(path: Path, text: str) -> list[_Raw]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError as error:
-            data = _Invalid(f"invalid JSON at column {error.colno}: {error.msg}")
+            data = _Invalid(f"invalid JSON at column {error.colno}: {error.msg} (one JSON object a line)")
+        except RecursionError:
+            data = _Invalid(TOO_DEEP)
         raws.append(_Raw(number, str(path), number, data))
     return raws
 
@@ -456,6 +513,8 @@ def _parse_json_document(path: Path, text: str) -> Any | None:
         return None
     try:
         return json.loads(text)
+    except RecursionError:
+        raise DataError(path, None, None, TOO_DEEP) from None
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":
             return None
@@ -469,15 +528,48 @@ def _is_ori_pqal(value: dict) -> bool:
 
 
 def _load_csv(path: Path, format: str | None, strict: bool) -> LoadResult:
-    """MMLU's header-less csv; a csv with a header row goes through `datasets` (columns name the format)."""
+    """MMLU's header-less csv; a csv whose header names the schema's fields (kind, question, answer...) or
+    question/answer (prompt/response) columns is read here, rows by their line in the file (the header is
+    line 1); any other csv with a header goes through `datasets` (its columns name the format)."""
     rows = _csv_rows(path, _read_text(path))
     first = rows[0][1]
     is_mmlu = len(first) == 6 and first[5].strip() in tuple("ABCD")
+    header = [cell.strip() for cell in first]
+    own = detect_record_format(dict.fromkeys(header)) in ("icft", "qa_fields") and format in (None, "icft", "qa_fields")
+    if own and not is_mmlu:
+        raws = [_Raw(line, str(path), line, _csv_record(header, row)) for line, row in rows[1:]]
+        if not raws:
+            raise DataError(path, None, None, f"no rows under the header ({', '.join(header)})")
+        result = _convert(raws, format or _detect(raws, path), path.stem, strict)
+        result.notes = [f"csv header: {', '.join(header)}", *result.notes]
+        return result
     if format not in (None, "mmlu_csv") or (format is None and not is_mmlu):
         return _load_dataset(path, format, strict)
     subject, split = _mmlu_subject_and_split(path.stem)
     raws = [_Raw(i, str(path), line, _mmlu_row(row, subject, split, i)) for i, (line, row) in enumerate(rows)]
     return _convert(raws, "mmlu_csv", path.stem, strict)
+
+
+def _csv_record(header: list[str], row: list[str]) -> dict | _Invalid:
+    """A csv row as a record: empty cells left out; `options`, `meta` (JSON), `difficulty` (a number) and an
+    option index in `answer` read as the values they spell."""
+    if len(row) != len(header):
+        return _Invalid(f"expected {len(header)} cells (header: {', '.join(header)}), got {len(row)}")
+    record: dict[str, Any] = {key: cell for key, cell in zip(header, row) if cell.strip()}
+    for key in ("options", "meta"):
+        if isinstance(record.get(key), str) and record[key].strip()[:1] in ("[", "{"):
+            try:
+                record[key] = json.loads(record[key])
+            except (json.JSONDecodeError, RecursionError):
+                return _Invalid(f'column \'{key}\' is not valid JSON (a list of options is written ["a", "b"])')
+    if isinstance(record.get("difficulty"), str):
+        try:
+            record["difficulty"] = float(record["difficulty"])
+        except ValueError:
+            pass  # validation names the field
+    if record.get("options") is not None and isinstance(record.get("answer"), str) and record["answer"].isdigit():
+        record["answer"] = int(record["answer"])
+    return record
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:

@@ -85,6 +85,10 @@ class Example:
         unknown = sorted(set(record) - KNOWN_FIELDS)
         if unknown:
             raise fail(unknown[0], f"unknown field (known fields: {', '.join(sorted(KNOWN_FIELDS))})")
+        for name, value in record.items():
+            problem = _not_unicode(value)
+            if problem:
+                raise fail(name, problem)
         from_file = path != "<memory>"
         if from_file and "id" not in record and line is not None:
             record = {**record, "id": f"{path}:{line}"}
@@ -100,14 +104,15 @@ class Example:
             raise fail("kind", f"unknown kind '{kind}' (expected one of: {', '.join(KINDS)})")
         for name in REQUIRED_FIELDS[kind]:
             if name not in record or record[name] is None:
-                raise fail(name, f"missing required field for kind '{kind}'")
+                raise fail(name, f"missing required field for kind '{kind}' (a {kind} record needs "
+                                 f"{' and '.join(REQUIRED_FIELDS[kind])}): add it, or remove the record")  # fmt: skip
         for name in ("text", "question", "context", "prompt", "chosen", "rejected", "stage"):
             value = record.get(name)
             if value is not None and not isinstance(value, str):
                 raise fail(name, f"must be a string, got {type(value).__name__}")
         for name in REQUIRED_FIELDS[kind]:
             if isinstance(record[name], str) and not record[name].strip():
-                raise fail(name, "must not be empty")
+                raise fail(name, "must not be empty: give it text, or remove the record")
 
         difficulty = record.get("difficulty")
         if difficulty is not None:
@@ -135,6 +140,32 @@ class Example:
             chosen=record.get("chosen"), rejected=record.get("rejected"), turns=turns, meta=meta,
             origin=path if line is None else f"{path}:{line}",
         )  # fmt: skip
+
+
+def _not_unicode(value: Any, depth: int = 0) -> str | None:
+    """Why a value's text cannot be written as UTF-8 (a lone surrogate such as "\\ud800", which a JSON escape
+    can produce and no tokenizer or file accepts), or None. Strings inside lists and objects are checked too."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            code = ord(value[error.start])
+            return (
+                f"not valid Unicode: a lone surrogate \\u{code:04x} at character {error.start + 1} "
+                "(a JSON escape \\ud800-\\udfff without its pair); remove it or write the character itself"
+            )
+        return None
+    if depth > 20:
+        return None
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    return next((found for item in items if (found := _not_unicode(item, depth + 1))), None)
 
 
 def _check_qa(answer: Any, options: Any, fail) -> tuple[int | str, list[str] | None]:

@@ -27,6 +27,8 @@ def load_data(specs: list[str], quiet: bool = False) -> list[Example]:
                 raise DataError(spec, None, None, str(error)) from None
             continue
         result = load_examples(spec)
+        for note in [] if quiet else result.notes:  # e.g. records without `kind` read as qa: said once a file
+            print(f"{spec}: {note}", file=sys.stderr)
         if result.skipped and not quiet:
             print(f"{spec}: skipped {len(result.skipped)} records (first: {result.skipped[0][1]})", file=sys.stderr)
         examples += result.examples

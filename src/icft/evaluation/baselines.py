@@ -32,6 +32,14 @@ from ..data.schema import YES_NO_MAYBE, Example
 from . import metrics as M
 
 BASELINES = ("random", "majority", "position-prior")
+# What each baseline is, in the words `icft eval` prints under its table. `majority` and `position-prior` are
+# chosen on the very items scored: the best any constant answer or position gets there, not a held-out model.
+BASELINE_LABELS = {
+    "random": "a uniform random guess among the options (expected score)",
+    "majority": "the best constant answer, chosen on these items (open answers: the one reference text with the "
+                "best mean ROUGE-L against all)",
+    "position-prior": "the best fixed option position, chosen on these items",
+}  # fmt: skip
 CHEATS = ("first option", "longest option", "question overlap", "majority label", "bag of words")
 # Words too common to count as a cue when comparing an option with its question.
 STOPWORDS = frozenset(

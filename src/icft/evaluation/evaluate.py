@@ -34,7 +34,7 @@ from ..data.kinds import choice_type, choices, kind_of
 from ..data.prompt_format import PromptFormat
 from ..data.schema import YES_NO_MAYBE, Example
 from ..data.tokenize import collate, encode_pair
-from ..likelihood import answer_nll, eval_batches, sequence_logprobs, target_logits
+from ..likelihood import answer_nll, budget_batches, eval_batches, sequence_logprobs, target_logits, token_budget
 from . import metrics as M
 from .baselines import label_recalls
 from .generation import EVAL_MAX_NEW_TOKENS, context_limit, generate_answers
@@ -124,7 +124,8 @@ def evaluate_examples(
         metrics["perplexity"] = perplexity(model, tokenizer, texts, max_length, batch_size, progress)
 
     pairs = [fmt.pair(ex) for ex in examples]
-    nll = answer_nll(model, tokenizer, pairs, max_length, batch_size, template=fmt.template) if pairs else []
+    nll = answer_nll(model, tokenizer, pairs, max_length, batch_size, template=fmt.template,
+                     progress=progress) if pairs else []  # fmt: skip
     for record, value in zip(items, nll):
         record["answer_nll"] = value
     if nll:
@@ -170,8 +171,9 @@ def perplexity(
     sequences = sorted((s for s in sequences if s.n_target > 0), key=lambda s: -len(s.input_ids))
     device = next(model.parameters()).device
     total_logp, total_tokens = 0.0, 0.0
-    for start in eval_batches(model, len(sequences), batch_size, progress, desc="perplexity"):
-        chunk = sequences[start : start + batch_size]
+    batches = budget_batches([len(s.input_ids) for s in sequences], batch_size, token_budget(model))
+    for b in eval_batches(model, len(batches), 1, progress, desc="perplexity"):
+        chunk = [sequences[k] for k in batches[b]]
         batch = {k: v.to(device) for k, v in collate(chunk, tokenizer.pad_token_id).items()}
         _, row_sum, row_count = sequence_logprobs(*target_logits(model, batch), n_rows=len(chunk))
         total_logp += row_sum.sum().item()
@@ -199,14 +201,34 @@ def evaluate_files(
     return {name: evaluate_examples(model, tokenizer, exs, **kwargs) for name, exs in datasets.items()}
 
 
-def load_files(paths: list[str | Path], max_examples: int | None = None) -> dict[str, list[Example]]:
-    """The examples of each file (its first `max_examples`), keyed by file name; raises DataError.
+def load_files(
+    paths: list[str | Path], max_examples: int | None = None, quiet: bool = True
+) -> dict[str, list[Example]]:
+    """The examples of each file (its first `max_examples`), keyed by file name; raises DataError. Not `quiet`:
+    what the reader decided (records without `kind` read as qa) and what it skipped go to stderr.
 
     `bundled:<name>` works as in configs (e.g. `--data bundled:test-retention bundled:test-unseen`).
     """
     from ..data.sources import load_data
 
-    return {name: load_data([str(path)], quiet=True)[:max_examples] for name, path in label_files(paths).items()}
+    return {name: load_data([str(path)], quiet=quiet)[:max_examples] for name, path in label_files(paths).items()}
+
+
+def count_cut(fmt: PromptFormat, examples: list[Example], max_length: int) -> tuple[int, int]:
+    """(items with a prompt + answer longer than `max_length` tokens, items): what cutting to that length
+    changes. A text of no more UTF-8 bytes than the length cannot be longer in tokens (a byte-level token
+    holds at least one byte), so only long texts are tokenized."""
+    n_cut = 0
+    for ex in examples:
+        pairs = [fmt.pair(ex)] + ([fmt.pair(ex, "rejected")] if ex.kind == "preference" else [])
+        for prompt, target in pairs:
+            if len(prompt.encode("utf-8")) + len(target.encode("utf-8")) + 2 <= max_length:
+                continue
+            ids = fmt.tokenizer(prompt + target, add_special_tokens=False, verbose=False)["input_ids"]
+            if len(ids) + 2 > max_length:
+                n_cut += 1
+                break
+    return n_cut, len(examples)
 
 
 def format_table(results: dict[str, EvalResult]) -> str:
@@ -224,22 +246,36 @@ def format_table(results: dict[str, EvalResult]) -> str:
 
 
 def print_table(
-    results: dict[str, EvalResult], file: TextIO | None = None, examples: dict[str, list[Example]] | None = None
+    results: dict[str, EvalResult],
+    file: TextIO | None = None,
+    examples: dict[str, list[Example]] | None = None,
+    baselines: dict[str, dict[str, dict[str, float]]] | None = None,
 ) -> None:
     """The metrics table; given each file's `examples`, also one row per trivial baseline (random guess,
-    constant answer, best option position) on the same items, so a score can be read against its floor."""
+    constant answer, best option position) on the same items, so a score can be read against its floor, and
+    a line under the table saying what each baseline is. `baselines`: each file's `trivial_baselines`, where
+    the caller has them already (the best constant answer takes seconds on long answers)."""
     if examples:
-        results = _with_baselines(results, examples)
-    print(format_table(results), file=file or sys.stdout)
+        results = _with_baselines(results, examples, baselines or {})
+    lines = [format_table(results)]
+    if examples:
+        from .baselines import BASELINE_LABELS
+
+        shown = [b for b in BASELINE_LABELS if any(name.endswith(f" [{b}]") for name in results)]
+        width = max((len(b) for b in shown), default=0) + 2
+        lines += [f"  {'[' + b + ']':<{width}}  {BASELINE_LABELS[b]}" for b in shown]
+    print("\n".join(lines), file=file or sys.stdout)
 
 
-def _with_baselines(results: dict[str, EvalResult], examples: dict[str, list[Example]]) -> dict[str, EvalResult]:
+def _with_baselines(results: dict[str, EvalResult], examples: dict[str, list[Example]],
+                    known: dict[str, dict[str, dict[str, float]]]) -> dict[str, EvalResult]:  # fmt: skip
     from .baselines import trivial_baselines
 
     out: dict[str, EvalResult] = {}
     for name, result in results.items():
         out[name] = result
-        for baseline, values in trivial_baselines(examples.get(name, [])).items():
+        floors = known[name] if name in known else trivial_baselines(examples.get(name, []))
+        for baseline, values in floors.items():
             out[f"{name} [{baseline}]"] = EvalResult(metrics=dict(values), n_examples=result.n_examples)
     return out
 

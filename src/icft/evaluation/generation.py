@@ -20,12 +20,16 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.prompt_format import PromptFormat
-from ..likelihood import eval_batches
+from ..data.schema import Example
+from ..likelihood import budget_batches, eval_batches, token_budget
+from ..memory.self_memory import SELF_STAGE
 from ..models import context_limit
 
 # The one answer budget of evaluation: `icft eval`, `icft compare`, stage reports and benchmarks all generate
 # this many new tokens at most (greedy, stopping at EOS or the chat template's end of turn).
 EVAL_MAX_NEW_TOKENS = 48
+# Generation keeps logits of the last position only, so its batches may hold more tokens than scoring's.
+GENERATION_BUDGET_FACTOR = 4
 
 
 @torch.no_grad()
@@ -57,8 +61,10 @@ def generate_answers(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     answers = [""] * len(prompts)
-    for start in eval_batches(model, len(order), batch_size, progress, desc="generating"):
-        idx = order[start : start + batch_size]
+    batches = budget_batches([len(encoded[i]) + max_new_tokens for i in order], batch_size,
+                              GENERATION_BUDGET_FACTOR * token_budget(model))  # fmt: skip
+    for b in eval_batches(model, len(batches), 1, progress, desc="generating"):
+        idx = [order[k] for k in batches[b]]
         input_ids, attention_mask = _left_pad([encoded[i] for i in idx], pad_id)
         output = model.generate(
             input_ids=input_ids.to(device),
@@ -105,3 +111,22 @@ def _decode(tokenizer: PreTrainedTokenizerBase, new_tokens: list[int], stop: lis
     if ends:
         new_tokens = new_tokens[: ends[0]]
     return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+def own_answers(model, fmt, prompts: list[Example], new_tokens: int, batch_size: int = 16) -> list[Example]:
+    """The model's greedy answers to `prompts` (as it is: callers switch the adapter off), as open qa items for
+    the stage-0 memory (memory/self_memory.py). An answer cut at the budget is marked unfinished: training then
+    gives it no end of turn to learn."""
+    if not prompts:
+        return []
+    texts = generate_answers(model, fmt.tokenizer, [fmt.prompt(ex) for ex in prompts], max_new_tokens=new_tokens,
+                             batch_size=batch_size, max_length=fmt.max_length, fmt=fmt)  # fmt: skip
+    out = []
+    for ex, text in zip(prompts, texts):
+        if not text.strip():
+            continue
+        n_tokens = len(fmt.tokenizer(text, add_special_tokens=False)["input_ids"])
+        out.append(Example(id=f"self/{ex.id}", kind="qa", source="self-memory", stage=SELF_STAGE,
+                           question=ex.question, answer=text.strip(),
+                           meta={"unfinished": n_tokens >= new_tokens - 1}))  # fmt: skip
+    return out

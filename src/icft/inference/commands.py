@@ -19,8 +19,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="answer prompts or a data file with a trained run or a model")
     _add_model_args(gen)
     what = gen.add_mutually_exclusive_group(required=True)
-    what.add_argument("--prompt", action="append", help="raw prompt text to continue (repeatable)")
+    what.add_argument("--prompt", action="append",
+                      help="a question, asked as a user turn in the run's prompt format (repeatable)")  # fmt: skip
     what.add_argument("--data", help="data file: answers each record's prompt (qa, dialogue, preference)")
+    gen.add_argument("--raw", action="store_true", help="continue each --prompt as raw text (no chat turn)")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
     gen.add_argument("--batch-size", type=int, default=16)
@@ -33,8 +35,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     export = sub.add_parser("export", help="write a run as a standalone model (--merge) or adapter folder")
     export.add_argument("--run", required=True, help="run folder written by icft train")
-    export.add_argument("--output", required=True, help="folder to write (replaced if it is an earlier export)")
+    export.add_argument("--output", required=True, help="folder to write (an earlier export's files there are "
+                        "replaced; other files are kept)")  # fmt: skip
     export.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+    export.add_argument("--overwrite", action="store_true", help="write into a folder holding files no export "
+                        "wrote (they are kept; files of the export's names are replaced)")  # fmt: skip
 
     serve = sub.add_parser("serve", help="a chat page and an OpenAI-compatible HTTP API (chat/completions, ...)")
     _add_model_args(serve)
@@ -76,11 +81,12 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.command == "export":
             from .export import export
 
-            export(args.run, args.output, merge=args.merge)
+            export(args.run, args.output, merge=args.merge, overwrite=args.overwrite)
             return 0
         if args.command == "serve":
-            from .serve import serve
+            from .serve import check_api_key, serve
 
+            check_api_key(args.api_key)  # before the model loads
             for option, value, low in (("--queue-size", args.queue_size, 1), ("--batch-size", args.batch_size, 1)):
                 if value < low:
                     raise InputError(f"{option} must be >= {low}, got {value}")
@@ -124,6 +130,8 @@ def generate_command(args: argparse.Namespace) -> int:
         raise InputError(f"--temperature must be >= 0, got {args.temperature}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.raw and args.data:
+        raise InputError("--raw applies to --prompt (raw text to continue), not to --data")
     if args.json:
         check_output_file(args.json, "--json")  # before the model loads, not after every answer is generated
     examples = []
@@ -143,8 +151,12 @@ def generate_command(args: argparse.Namespace) -> int:
         # each record asked in the run's prompt format, as training and `icft eval` ask it
         prompts = [replace(engine.example_prompt(ex), retrieved=h) for ex, h in zip(examples, hits)]
         ids = [ex.id for ex in examples]
-    else:
+    elif args.raw:
         prompts = [engine.completion_prompt(p, args.max_new_tokens) for p in args.prompt]
+    else:
+        # a question is a user turn, as `icft chat` and `serve` ask it: a chat model given raw text may end at once
+        prompts = [engine.chat_prompt([{"role": "user", "content": p}], args.max_new_tokens) for p in args.prompt]
+    if not examples:
         ids = [f"prompt-{i}" for i in range(len(prompts))]
     prompts = [engine.truncate(p, args.max_new_tokens) for p in prompts]
     completions = engine.generate(prompts, args.max_new_tokens, args.temperature, batch_size=args.batch_size)

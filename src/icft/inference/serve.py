@@ -18,6 +18,14 @@ Who gets in (`Guard`): the ``Host`` must be one of the server's own names (no DN
 1 MiB. Every refusal and every bad request gets a 4xx JSON error in OpenAI's shape,
 ``{"error": {"message", "type", "param", "code"}}``. With retrieval on, each choice carries ``retrieved``:
 the memory facts in its prompt (id, similarity score, source, text), a field OpenAI clients ignore.
+
+Slow and many clients (`GuardedH11Protocol`): each request's head and body must arrive within
+``REQUEST_READ_S`` of the connection opening (or of the last answer on it), open connections are capped below
+the open-files limit (which ``serve`` raises to its hard limit), and at the cap the connection that has waited
+longest for its request is dropped, so a trickle of slowloris connections cannot keep ``/health`` or a real
+client out. Server logs carry at most one line per kind of error per second (`OncePerSecond`). A prompt with
+more characters than the context could hold at the vocabulary's longest token is refused in the request
+handler, before the model worker spends time tokenising it.
 """
 
 from __future__ import annotations
@@ -27,7 +35,11 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
+import os
+import random
 import re
+import resource
 import socket
 import threading
 import time
@@ -40,7 +52,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import torch
 from fastapi import FastAPI, Request
@@ -64,6 +75,12 @@ MIN_TEMPERATURE = 0.01  # below it, logits / temperature overflow to inf (and sa
 GATHER_S = (0.01, 0.25)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).with_name("static")
+REQUEST_READ_S = 20.0  # a request's head and body must have arrived this long after the connection or last answer
+KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this (uvicorn's timeout_keep_alive)
+BACKLOG = 128  # how many connections asyncio accepts at once (each an open file until the protocol drops it)
+LISTEN_QUEUE = 4096  # connections the kernel holds until accepted: a full queue drops a SYN, a 1 s wait to retry
+MAX_CONNECTIONS = 4096
+API_KEY = re.compile(r"[!-~]+")  # printable ASCII without spaces: what an HTTP header carries as typed
 
 
 # --- requests -------------------------------------------------------------------------------------------
@@ -356,6 +373,25 @@ def _hostname(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def check_api_key(key: str | None) -> None:
+    """An API key must be printable ASCII without spaces: clients send it UTF-8 encoded in a header that the server
+    reads as latin-1, so any other character could never match."""
+    if key == "":
+        raise InputError("--api-key is empty: give a key, or leave the option out to serve without one")
+    if key is not None and not API_KEY.fullmatch(key):
+        raise InputError("--api-key (or ICFT_API_KEY): use printable ASCII letters, digits and signs only, no "
+                         "spaces or other characters: an HTTP header does not carry those as typed, so the key "
+                         "could never match")  # fmt: skip
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """The Origin of a page served by this server: http, or https through a TLS proxy that keeps the Host (the
+    server may not see the proxy's scheme), and exactly the Host the request was sent to. Any other scheme
+    (`evil://`, `file://`, `null`) is another origin."""
+    host = host.strip().lower()
+    return origin.strip().lower() in (f"http://{host}", f"https://{host}")
+
+
 def _is_address(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -373,8 +409,9 @@ class Guard:
     """
 
     def __init__(self, app: Any, hosts: set[str], api_key: str | None, max_body: int = MAX_BODY_BYTES):
+        check_api_key(api_key)
         self.app, self.hosts, self.max_body = app, hosts, max_body
-        self.key = api_key.encode() if api_key else None
+        self.key = api_key.encode("ascii") if api_key else None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -394,7 +431,7 @@ class Guard:
         if name not in self.hosts and not _is_address(name):
             raise ApiError(403, f"Host {host!r} is not this server's name or address", code="forbidden_host")
         origin = headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+        if origin is not None and not _same_origin(origin, host):
             raise ApiError(403, f"requests from the web page at {origin!r} are refused", code="forbidden_origin")
         path = scope["path"]
         if self.key is not None and (path == "/v1" or path.startswith("/v1/")):
@@ -624,6 +661,7 @@ def create_app(
     max_body: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The app; `hosts` are the names a Host header may carry (default: loopback names, see `own_hosts`)."""
+    check_api_key(api_key)  # here, not only in Guard: middleware is built at the first request
     app = FastAPI(
         title="icft",
         description="OpenAI-compatible API for an icft model",
@@ -633,6 +671,7 @@ def create_app(
     worker = Worker(engine, queue_size, batch_size)
     app.state.worker = worker
     created = int(time.time())
+    most_chars = engine.limit * longest_token_chars(engine.tokenizer)  # no prompt of more characters can fit
     app.add_middleware(Guard, hosts=hosts or own_hosts("127.0.0.1"), api_key=api_key, max_body=max_body)
     _answer_errors_openai_style(app)
 
@@ -667,6 +706,7 @@ def create_app(
         _check_limit(req.max_tokens, "max_tokens", engine.limit)  # both, though max_completion_tokens wins
         _check_limit(req.max_completion_tokens, "max_completion_tokens", engine.limit)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        _check_prompt_size([m["content"] for m in messages], most_chars, engine.limit, "messages")
         limit = req.max_completion_tokens or req.max_tokens
         room = limit or min(DEFAULT_MAX_TOKENS, engine.limit // 4)  # room left for the answer when fitting facts
         build = lambda: [engine.chat_prompt(messages, min(room, engine.limit - 1))]  # noqa: E731
@@ -678,6 +718,8 @@ def create_app(
         req = _parse(CompletionRequest, await request.body(), engine.name)
         _check_limit(req.max_tokens, "max_tokens", engine.limit)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        for prompt in prompts:
+            _check_prompt_size([prompt], most_chars, engine.limit, "prompt")
         if req.stream and len(prompts) > 1:
             raise ApiError(400, "stream needs a single prompt", param="prompt", code="invalid_value")
         room = min(req.max_tokens or min(DEFAULT_MAX_TOKENS, engine.limit // 4), engine.limit - 1)
@@ -796,6 +838,35 @@ def _parse(cls: type[_Sampling], body: bytes, name: str) -> Any:
 def _check_limit(value: int | None, param: str, limit: int) -> None:
     if value is not None and value >= limit:
         raise ApiError(400, f"{param} must be less than the context length, {limit}", param=param, code="invalid_value")
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """The most characters one token stands for: the vocabulary's longest token (its text as stored, never fewer
+    characters than it decodes to) or, for WordPiece, the longest word folded into one unknown token. A prompt
+    of more than context * this many characters (spaces aside) cannot fit."""
+    try:
+        longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    except (AttributeError, TypeError, NotImplementedError):  # a tokenizer without a vocabulary to list
+        longest = 64
+    wordpiece = getattr(tokenizer, "wordpiece_tokenizer", None)  # BERT's Python tokenizer, or the Rust one's model
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    unknown_word = getattr(wordpiece, "max_input_chars_per_word", 0) or getattr(model, "max_input_chars_per_word", 0)
+    return max(1, longest, unknown_word if isinstance(unknown_word, int) else 0)
+
+
+def _check_prompt_size(texts: list[str], most_chars: int, limit: int, param: str) -> None:
+    """Refuse, in the request handler, a prompt too long for the context at any tokenisation: the model worker
+    would spend seconds tokenising a megabyte only to refuse it. Whitespace is not counted (tokenisers may drop
+    it), so no prompt that could fit is refused."""
+    if sum(len(t) for t in texts) <= most_chars:
+        return
+    chars = sum(len(word) for t in texts for word in t.split())
+    if chars > most_chars:
+        raise ApiError(
+            400, f"this model's maximum context length is {limit} tokens, and the prompt's {chars} characters "
+            f"(not counting spaces) are more than {limit} tokens can hold", param=param,
+            code="context_length_exceeded",
+        )  # fmt: skip
 
 
 def _sampling(req: _Sampling) -> dict[str, Any]:
@@ -954,6 +1025,144 @@ class StopText:
         return "stop" if self.stopped else completion.finish_reason
 
 
+# --- slow and many clients -------------------------------------------------------------------------------
+
+
+def raise_open_files_limit(most: int = 65536) -> int:
+    """Raise the soft limit on open files to the hard one (at most `most`): each connection is an open file.
+    Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return most
+    want = most if hard == resource.RLIM_INFINITY else min(hard, most)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):  # not allowed here: keep the soft limit
+            pass
+    return soft
+
+
+def connection_cap(open_files: int) -> int:
+    """Open connections allowed under an open-files limit: the files open now (model, libraries, the event loop)
+    and a burst of connections accepted at once (asyncio takes up to BACKLOG per wake-up, before any is dropped)
+    stay below it, so accept() never fails for want of a file (which pauses accepting for a second)."""
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    return max(8, min(MAX_CONNECTIONS, open_files - in_use - 3 * BACKLOG - 32))
+
+
+def guarded_protocol(cap: int, read_s: float = REQUEST_READ_S) -> type:
+    """uvicorn's HTTP/1.1 protocol (h11) with a deadline for reading each request and a cap on open connections.
+
+    uvicorn alone waits for a request's head forever (its keep-alive timer stops at the first byte), so clients
+    sending a byte every few seconds hold their connections, and the server's open files, indefinitely. Here a
+    connection still reading its request (head or body) `read_s` after it opened, or after its last answer, is
+    closed (a little sooner, at random in the second half of `read_s`, so a burst is not closed as one); and past
+    `cap` open connections the one that has waited longest for its request is dropped (the newest, if every other
+    is busy with a request), so a fast client still gets in and is answered.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    reading: dict[Any, None] = {}  # connections reading a request, longest waiting first (dicts keep order)
+
+    class GuardedH11Protocol(H11Protocol):
+        read_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._start_reading()
+            if len(self.connections) > cap:
+                oldest = next(iter(reading))  # this one, when every other connection is busy with a request
+                reading.pop(oldest)
+                oldest.transport.abort()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._done_reading()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):  # the whole request is in
+                self._done_reading()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()  # may start the next request on a kept-alive connection
+            if not self.transport.is_closing() and self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+                self._start_reading()
+
+        def _start_reading(self) -> None:
+            self._done_reading()
+            reading[self] = None
+            # spread over read_s/2..read_s: connections opened together (a burst) are not all closed together,
+            # which would bring their reopening back as one burst that a real client queues behind
+            self.read_timer = self.loop.call_later(read_s * (0.5 + random.random() / 2), self._read_too_slow)
+
+        def _done_reading(self) -> None:
+            reading.pop(self, None)
+            if self.read_timer is not None:
+                self.read_timer.cancel()
+                self.read_timer = None
+
+        def _read_too_slow(self) -> None:
+            self.read_timer = None
+            reading.pop(self, None)
+            if not self.transport.is_closing():
+                self.transport.abort()
+
+    return GuardedH11Protocol
+
+
+class OncePerSecond(logging.Filter):
+    """At most one log line per kind of record (logger, message, exception type) per second. The first record of a
+    kind keeps its traceback; later ones are one line, counting those left out. Under a flood of failing
+    connections (out of open files, say) the log grows by a line a second, not by megabytes."""
+
+    def __init__(self, every: float = 1.0):
+        super().__init__()
+        self.every = every
+        self.last: dict[tuple, float] = {}
+        self.skipped: dict[tuple, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[0] if record.exc_info else None
+        kind = (record.name, str(record.msg)[:200], getattr(error, "__name__", None))
+        now = time.monotonic()
+        first = kind not in self.last
+        if not first and now - self.last[kind] < self.every:
+            self.skipped[kind] = self.skipped.get(kind, 0) + 1
+            return False
+        if len(self.last) > 1000:  # kinds made of varying text: forget them rather than grow
+            self.last.clear()
+            self.skipped.clear()
+        self.last[kind] = now
+        skipped = self.skipped.pop(kind, 0)
+        if not first and (record.exc_info or skipped):
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            record.msg, record.args, record.exc_info, record.exc_text = message, (), None, None
+            if skipped:
+                record.msg += f" [{skipped} more like this left out]"
+        return True
+
+
+def limit_server_logs() -> None:
+    """Rate-limit uvicorn's and asyncio's error logs (asyncio's go to stderr through a handler of its own)."""
+    once = OncePerSecond()
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(once)
+    loop_log = logging.getLogger("asyncio")
+    if not loop_log.handlers:
+        loop_log.addHandler(logging.StreamHandler())
+        loop_log.propagate = False
+    loop_log.addFilter(once)
+
+
 def bind_warning(host: str, api_key: str | None) -> str | None:
     """What `icft serve` says when it listens beyond this machine without a key; None when all is well."""
     if host in LOOPBACK or api_key:
@@ -978,6 +1187,8 @@ def serve(
     """Serve until interrupted (SIGINT or SIGTERM); returns the exit code."""
     import uvicorn
 
+    check_api_key(api_key)
+    cap = connection_cap(raise_open_files_limit())
     warning = bind_warning(host, api_key)
     if warning:
         print(warning, flush=True)
@@ -987,11 +1198,34 @@ def serve(
         f"serving '{engine.name}' at http://{shown}:{port}/ (chat page) and /v1 (API; "
         f"{'API key required' if api_key else 'no API key'}); context {engine.limit} tokens, retrieval "
         f"{'top-' + str(engine.retrieve_k) if engine.retrieve_k else 'off'}, batches of up to {batch_size}, "
-        f"queue {queue_size}, request timeout {request_timeout:g} s",
+        f"queue {queue_size}, request timeout {request_timeout:g} s, at most {cap} connections",
         flush=True,
     )
     app = create_app(
         engine, queue_size, api_key=api_key, hosts=hosts, batch_size=batch_size, request_timeout=request_timeout
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # limit_concurrency is uvicorn's own cap (a 503 once connections or running requests pass it): above what the
+    # protocol's cap lets through, with room for a burst of accepted connections not yet dropped
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=guarded_protocol(cap),
+                            limit_concurrency=cap + 3 * BACKLOG, backlog=BACKLOG,
+                            timeout_keep_alive=KEEP_ALIVE_S)  # fmt: skip
+    limit_server_logs()  # after Config, which sets up uvicorn's logging
+    _server_class()(config).run()
     return 0
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server with a long listen queue: asyncio listens with the backlog it also accepts in one
+        go (kept short, see BACKLOG), so the queue is lengthened afterwards on the same socket."""
+
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            for server in getattr(self, "servers", []):
+                for listening in server.sockets:
+                    with socket.socket(fileno=os.dup(listening.fileno())) as same:
+                        same.listen(LISTEN_QUEUE)
+
+    return Server

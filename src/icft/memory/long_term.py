@@ -44,6 +44,20 @@ class LongTermMemory:
         self.selection = selection
         # (stage, kind) -> exemplars in priority order (the order selection picked them).
         self._groups: dict[tuple[str, str], list[MemoryItem]] = {}
+        # Stages whose groups consolidation never shrinks nor counts against capacity: the stage-0 memory of
+        # the untrained model's own answers (memory.general), which must outlast every later stage.
+        self.protected: set[str] = set()
+
+    def protect(self, stage: str, items: list[MemoryItem]) -> list[MemoryItem]:
+        """Store `items` as the protected group(s) of `stage`, outside capacity; returns the stored copies."""
+        self.protected.add(stage)
+        stored = [dataclasses.replace(item, stage=stage) for item in items]
+        for item in stored:
+            self._groups.setdefault((stage, item.example.kind), []).append(item)
+        return stored
+
+    def is_protected(self, item: MemoryItem) -> bool:
+        return item.stage in self.protected
 
     def consolidate(
         self, stage: str, items: list[MemoryItem], embeddings: np.ndarray, rng: random.Random
@@ -63,7 +77,8 @@ class LongTermMemory:
             copy = dataclasses.replace(item, stage=stage, embedding=np.array(embedding, dtype=np.float32))
             candidates.setdefault((stage, item.example.kind), []).append(copy)
 
-        keys = list(self._groups) + [key for key in candidates if key not in self._groups]
+        keys = [key for key in self._groups if key[0] not in self.protected]  # protected groups are left whole
+        keys += [key for key in candidates if key not in self._groups]
         sizes = [len(self._groups.get(key, [])) + len(candidates.get(key, [])) for key in keys]
         added: list[MemoryItem] = []
         for key, quota in zip(keys, quotas(sizes, self.capacity)):
@@ -101,9 +116,10 @@ class LongTermMemory:
                 return
         raise KeyError(f"example id {example_id!r} is not in long-term memory")
 
-    def sample(self, n: int, rng: random.Random) -> list[MemoryItem]:
-        """n stored items uniformly, without replacement when n <= len(self)."""
-        return _uniform_draw(self.items(), n, rng)
+    def sample(self, n: int, rng: random.Random, protected: bool = False) -> list[MemoryItem]:
+        """n stored items uniformly, without replacement when n <= their number: of the consolidated stages,
+        or with `protected` of the protected (stage-0) groups; each kind of replay has its own share."""
+        return _uniform_draw(self.items(protected), n, rng)
 
     def retrieve(self, query_embeddings: np.ndarray, k: int) -> list[list[MemoryItem]]:
         """Top-k stored items by cosine similarity, for each query row (a single vector is one query)."""
@@ -116,8 +132,10 @@ class LongTermMemory:
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # stable: ties go to earlier exemplars
         return [[items[i] for i in row] for row in top]
 
-    def items(self) -> list[MemoryItem]:
-        return [item for group in self._groups.values() for item in group]
+    def items(self, protected: bool | None = None) -> list[MemoryItem]:
+        """Every stored item (None), or only those of consolidated stages (False) or protected ones (True)."""
+        return [item for (stage, _), group in self._groups.items() for item in group
+                if protected is None or (stage in self.protected) == protected]  # fmt: skip
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._groups.values())
@@ -126,14 +144,18 @@ class LongTermMemory:
         return {f"{stage}/{kind}": len(group) for (stage, kind), group in self._groups.items()}
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "capacity": self.capacity, "selection": self.selection,
             "items": [item_to_state(item) for item in self.items()],
         }  # fmt: skip
+        if self.protected:  # only then: a memory without a stage-0 group saves exactly what it always did
+            state["protected"] = sorted(self.protected)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         fresh = LongTermMemory(int(state["capacity"]), state["selection"])  # validates the settings
         self.capacity, self.selection = fresh.capacity, fresh.selection
+        self.protected = set(state.get("protected", ()))
         self._set_items([item_from_state(s) for s in state["items"]])
 
     def _set_items(self, items: list[MemoryItem]) -> None:
@@ -164,6 +186,8 @@ class LongTermMemory:
             "teacher_logprobs": {i.example.id: i.teacher_logprobs.half() for i in items
                                  if i.teacher_logprobs is not None},  # fmt: skip
         }
+        if self.protected:
+            tensors["protected"] = sorted(self.protected)
         with atomic_path(directory, is_dir=True) as tmp:
             lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             (tmp / MEMORY_FILE).write_text(lines, encoding="utf-8")
@@ -174,6 +198,7 @@ class LongTermMemory:
         directory = Path(directory)
         tensors = torch.load(directory / TENSORS_FILE, weights_only=True)
         memory = cls(int(tensors["capacity"]), tensors["selection"])
+        memory.protected = set(tensors.get("protected", ()))
         path = directory / MEMORY_FILE
         items = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):

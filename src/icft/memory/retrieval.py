@@ -16,7 +16,10 @@ The prompt format is one "Context:" block of facts, one per line, ahead of the q
 For a qa item the fact is its question and answer, for text the text, for a preference pair the prompt and
 the chosen answer, for a dialogue the patient's turns and the doctor's reply. Facts are added best first
 while the prompt fits its token budget; the one that does not fit is cut to whole words, the rest dropped.
-The question (and the room for the answer) is never cut for context.
+The question (and the room for the answer) is never cut for context. A run trained with
+`memory.retrieve_min_score` keeps a relevance floor: facts whose cosine similarity to the question is below it
+are not put in front of the question at all (an unrelated fact distracts more than no fact). The stage-0 memory
+(the untrained model's own answers to general prompts, memory.general) is a training anchor, never a fact.
 
 It lives with the memory, below training, evaluation and serving, which all put retrieved facts in prompts.
 """
@@ -77,7 +80,9 @@ class Retriever:
         keys: np.ndarray,
         embedder: Embedder | None = None,
         faiss_threshold: int = FAISS_THRESHOLD,
+        min_score: float | None = None,
     ):
+        self.min_score = min_score  # the relevance floor: hits scoring below it are dropped (None: none)
         if len(facts) != len(keys):
             raise ValueError(f"{len(facts)} facts but {len(keys)} key rows")
         self.facts = facts
@@ -97,6 +102,7 @@ class Retriever:
         knowledge: list[str] | None = None,
         embedder: Embedder | None = None,
         faiss_threshold: int = FAISS_THRESHOLD,
+        min_score: float | None = None,
     ) -> Retriever:
         """A run's `memory/` folder (or its memory, loaded) and knowledge files (text and qa records, any
         format `load_data` reads)."""
@@ -109,7 +115,7 @@ class Retriever:
         missing: list[tuple[int, str]] = []  # (fact index, text to embed) for items stored without a key
         if memory_dir is not None:
             memory = memory_dir if isinstance(memory_dir, LongTermMemory) else LongTermMemory.load(memory_dir)
-            for item in memory.items():
+            for item in memory.items(protected=False):  # the stage-0 memory holds no facts
                 if item.embedding is None:
                     missing.append((len(facts), example_text(item.example)))
                     keys.append(np.zeros(0, np.float32))
@@ -128,7 +134,7 @@ class Retriever:
             for (i, _), vector in zip(missing, vectors):
                 keys[i] = vector
         stacked = np.stack(keys) if keys else np.zeros((0, 384), np.float32)  # 384: all-MiniLM-L6-v2
-        return cls(facts, stacked, embedder, faiss_threshold)
+        return cls(facts, stacked, embedder, faiss_threshold, min_score)
 
     def __len__(self) -> int:
         return len(self.facts)
@@ -152,7 +158,7 @@ class Retriever:
             hits = [
                 Hit(self.facts[i].id, float(s), self.facts[i].text, self.facts[i].source)
                 for i, s in zip(row_ids, row_scores)
-                if i >= 0 and self.facts[i].id != skip
+                if i >= 0 and self.facts[i].id != skip and (self.min_score is None or s >= self.min_score)
             ]
             out.append(hits[:k])
         return out
@@ -302,9 +308,22 @@ def load_retriever(
     if folder is None and memory is None and not knowledge:
         raise ValueError("--retrieve needs a run's memory (--run) or a knowledge file (--knowledge PATH)")
     try:
-        return Retriever.from_sources(memory if memory is not None else folder, knowledge)
+        return Retriever.from_sources(memory if memory is not None else folder, knowledge,
+                                      min_score=retrieval_floor(run))  # fmt: skip
     except OSError as error:
         raise ValueError(str(error)) from None
+
+
+def retrieval_floor(run: str | Path | None) -> float | None:
+    """The relevance floor the run was trained with (memory.retrieve_min_score in its config.yaml), or None."""
+    path = Path(run) / "config.yaml" if run else None
+    if path is None or not path.is_file():
+        return None
+    from ..config import read_yaml
+
+    config = read_yaml(path)
+    floor = ((config or {}).get("memory") or {}).get("retrieve_min_score") if isinstance(config, dict) else None
+    return float(floor) if isinstance(floor, (int, float)) and not isinstance(floor, bool) else None
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

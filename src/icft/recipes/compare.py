@@ -18,6 +18,12 @@ Methods (each a set of config overrides on the same base config, so the comparis
 - icft-no-stm:         icft without short-term replay
 - icft-no-ltm:         icft without long-term replay
 - icft-no-pacing:      icft without pacing (the same config as lora-memory, so the two share their runs)
+- icft-paper:          today's ICFT by name (the same config as icft: one run for both)
+- icft-self:           icft plus the stage-0 memory of the untrained model's own answers to memory.general
+                       (its own teacher and weight, from step 0) and WiSE-FT merging at an alpha chosen on
+                       validation (train.merge_alpha: auto); needs memory.general in the base config
+- icft-no-self-memory: icft-self without the stage-0 memory (merging only)
+- icft-no-merge:       icft-self without merging (the stage-0 memory only)
 
 The ablations (icft-no-*) may run fewer seeds than the rest (compare.ablation_seeds).
 
@@ -86,6 +92,16 @@ METHOD_OVERRIDES: dict[str, dict[str, object]] = {
     "icft-no-stm": {"memory.enabled": True, "memory.stm_replay": 0.0},
     "icft-no-ltm": {"memory.enabled": True, "memory.ltm_replay": 0.0},
     "icft-no-pacing": {"curriculum.pacing": "none", "memory.enabled": True},  # = lora-memory: one run for both
+    # Issue 36. icft-paper: today's ICFT by name (the same config as icft, so one run for both). icft-self: a
+    # stage-0 memory of the untrained model's own answers to memory.general (from the base config), replayed
+    # from step 0 with its own teacher (the untrained model), then WiSE-FT merging at an alpha chosen on
+    # validation; its ablations leave out one of the two.
+    "icft-paper": {"memory.enabled": True, "memory.general": [], "train.merge_alpha": None},
+    "icft-self": {"memory.enabled": True, "memory.general_size": 64, "memory.general_replay": 0.5,
+                  "train.merge_alpha": "auto"},  # fmt: skip
+    "icft-no-self-memory": {"memory.enabled": True, "memory.general_size": 0, "train.merge_alpha": "auto"},
+    "icft-no-merge": {"memory.enabled": True, "memory.general_size": 64, "memory.general_replay": 0.5,
+                      "train.merge_alpha": None},  # fmt: skip
 }
 REFERENCE = "icft"  # the method the paired differences are taken from
 RUNS = "runs"  # <output>/runs/<method>-s<seed>-<hash>: one folder per distinct run config
@@ -454,6 +470,8 @@ def compare(config: RunConfig, output_dir: Path) -> dict:
     results = report(config, output_dir)
     print("\n".join([results_table(results), "", *below_baselines(results), "", *difference_table(results), "",
                      *in_plain_words(results)]))
+    print(f"\nwrote {output_dir / 'report.md'} (tables, paired differences, plots beside it) and "
+          f"{output_dir / 'results.json'}")  # fmt: skip
     return results
 
 

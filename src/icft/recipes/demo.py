@@ -34,6 +34,7 @@ from ..config import RunConfig, load_config
 from ..data.formatting import chat_messages, reference
 from ..data.prompt_format import PromptFormat
 from ..data.schema import Example
+from ..evaluation.paired import LOWER_IS_BETTER, Row, group_rows
 from ..evaluation.stage_eval import fixed_sample
 from ..runs import Run
 
@@ -46,8 +47,6 @@ REAL_SOURCES = {
     "mediqa2019": ("mediqa2019/pairs.jsonl", "clinical", 0.0),
 }
 # Table rows: the metrics a group has, in this order; answer NLL per token is lower-is-better.
-METRICS = ("accuracy", "macro_f1", "preference_accuracy", "rougeL", "answer_nll")
-LOWER_IS_BETTER = ("answer_nll",)
 RETRIEVE = 3  # memory facts per demo answer, as `icft chat --retrieve 3`
 
 
@@ -151,23 +150,6 @@ def _by(examples: list[Example], key) -> dict[str, list[Example]]:
 # 3. Evaluation: untrained against trained, same items
 
 
-@dataclass
-class Row:
-    group: str
-    metric: str
-    n: int
-    untrained: float
-    trained: float
-    low: float | None = None  # 95% paired bootstrap interval of trained - untrained (None: no per-item values)
-    high: float | None = None
-    baseline: float | None = None  # the best trivial baseline on the same items
-    baseline_name: str = ""
-
-    @property
-    def change(self) -> float:
-        return self.trained - self.untrained
-
-
 def evaluate_both(base, trained, fmt: PromptFormat, tests: dict[str, list[Example]]) -> tuple[list[Row], dict]:
     """Table rows and the JSON record: every group's metrics for both models, baselines, item scores.
     Both models are asked in the trained run's prompt format (`fmt`), at its length."""
@@ -184,34 +166,6 @@ def evaluate_both(base, trained, fmt: PromptFormat, tests: dict[str, list[Exampl
                          "baselines": baselines}  # fmt: skip
         rows += group_rows(group, results["untrained"], results["trained"], baselines)
     return rows, record
-
-
-def group_rows(group: str, untrained, trained, baselines: dict[str, dict[str, float]]) -> list[Row]:
-    from ..evaluation.statistics import paired_items
-
-    rows = []
-    for metric in METRICS:
-        if metric not in trained.metrics:
-            continue
-        values = [_item_values(result, metric) for result in (untrained, trained)]
-        diff = paired_items({0: values[1]}, {0: values[0]}) if values[0] else None
-        # the best trivial baseline; on a tie the simplest (random, then majority, then position-prior)
-        best = max(((v[metric], -i, name) for i, (name, v) in enumerate(baselines.items()) if metric in v),
-                   default=(None, 0, ""))
-        best = (best[0], best[2])
-        rows.append(Row(group, metric, len(values[1]) or untrained.n_examples, untrained.metrics[metric],
-                        trained.metrics[metric], diff and diff.low, diff and diff.high, *best))  # fmt: skip
-    return rows
-
-
-def _item_values(result, metric: str) -> dict[str, float]:
-    """{item id: its score} for metrics that are means over items; {} for those that are not (macro-F1)."""
-    kinds = {"accuracy": "qa", "preference_accuracy": "preference"}
-    if metric in kinds:
-        return {r["id"]: r["hit"] for r in result.items if "hit" in r and r["kind"] == kinds[metric]}
-    if metric in ("rougeL", "answer_nll"):
-        return {r["id"]: r[metric] for r in result.items if metric in r}
-    return {}
 
 
 def format_rows(rows: list[Row]) -> str:

@@ -23,11 +23,12 @@ against.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,11 +51,13 @@ from ..data.schema import Example
 from ..data.sources import load_data, split_validation
 from ..data.tokenize import TokenizedPair, collate
 from ..errors import TrainingError
+from ..evaluation.generation import own_answers
 from ..evaluation.stage_eval import stage_report, stage_row, validation_loss
 from ..io import write_json
 from ..likelihood import eval_batches, target_logits
 from ..memory import Embedder, LongTermMemory, MemoryItem, ReplaySchedule, ShortTermMemory, example_text
 from ..memory.retrieval import training_contexts
+from ..memory.self_memory import SELF_STAGE, SelfMemory, general_prompts, split_general
 from ..models import (
     count_parameters,
     enable_gradient_checkpointing,
@@ -64,8 +67,9 @@ from ..models import (
     resolve_target_modules,
 )
 from ..progress import MetricsLog, ProgressDisplay
-from ..regularizers import EWC, Batch, EMATeacher, FrozenBaseTeacher, Regularizer, StoredTeacher
+from ..regularizers import EWC, Batch, EMATeacher, FrozenBaseTeacher, Regularizer, StoredTeacher, base_weights
 from ..runs import PROMPT_FORMAT_FILE, RunFolder, stamp
+from .merge import MERGE_FILE, choose_merge
 
 
 @dataclass
@@ -205,11 +209,15 @@ class TokenCache:
     def encode(self, ex: Example, answer: str = "chosen") -> TokenizedPair:
         key = (ex.id, answer)
         if key not in self.cache:
-            self.cache[key] = self.fmt.encode(self.contexts.get(ex.id, ex), answer)
+            if ex.meta.get("unfinished"):  # a stage-0 answer cut at its budget: no end of turn to learn
+                self.cache[key] = self.fmt.encode_pair(self.fmt.prompt(ex), str(ex.answer), add_eos=False)
+            else:
+                self.cache[key] = self.fmt.encode(self.contexts.get(ex.id, ex), answer)
         return self.cache[key]
 
 
 REGULARIZER_PARTS = ("consistency", "kl_base", "ewc")  # in this order in L_total's sum
+SELF_PARTS = ("self_consistency", "self_ce")  # the stage-0 memory's parts, present only where it is on
 
 
 @dataclass
@@ -221,11 +229,14 @@ class StepLosses:
 
 
 def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Example], ltm: list[MemoryItem],
-                   config: RunConfig, device, regularizers: list[Regularizer] | None = None) -> StepLosses:  # fmt: skip
-    """Loss parts for one micro-batch, in one forward pass over new, STM-replayed and LTM-replayed rows.
+                   config: RunConfig, device, regularizers: list[Regularizer] | None = None,
+                   self_items: list[MemoryItem] | None = None) -> StepLosses:  # fmt: skip
+    """Loss parts for one micro-batch, in one forward pass over new, STM-replayed and LTM-replayed rows, and
+    the stage-0 memory's rows (`self_items`; None where the run has no stage-0 memory).
 
     Each of the `regularizers` fills its part (`regularizers.py`); a part without one is 0. None: ICFT's own,
-    the consistency term on the LTM items' stored outputs (where loss.consistency > 0).
+    the consistency term on the LTM items' stored outputs (where loss.consistency > 0). The stage-0 rows are
+    not in L_fine-tune: they have their own parts, self_consistency (a regularizer's) and self_ce.
     """
     if regularizers is None:
         regularizers = [StoredTeacher()] if config.loss.consistency > 0 else []
@@ -241,6 +252,8 @@ def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Ex
     seqs += [cache.encode(ex) for ex in replay]
     ltm_start = len(seqs)
     seqs += [cache.encode(item.example) for item in ltm]
+    self_start = len(seqs)
+    seqs += [cache.encode(item.example) for item in self_items or []]
 
     batch = {k: v.to(device) for k, v in collate(seqs, cache.tokenizer.pad_token_id).items()}
     logits, targets, token_rows = target_logits(model, batch)
@@ -252,11 +265,15 @@ def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Ex
     zero = logits.new_zeros(())
     parts = {
         "task": task.mean() if len(new) else zero,
-        "finetune": nll[replay_start:].mean() if len(seqs) > replay_start else zero,
+        "finetune": nll[replay_start:self_start].mean() if self_start > replay_start else zero,
         **dict.fromkeys(REGULARIZER_PARTS, zero),
     }
-    view = Batch(batch, logits, token_rows, ltm_start, ltm,
-                 collate(seqs[ltm_start:], cache.tokenizer.pad_token_id) if ltm else None)  # fmt: skip
+    if self_items is not None:
+        parts["self_consistency"] = zero
+        parts["self_ce"] = nll[self_start:].mean() if self_items else zero
+    replayed_items = ltm + list(self_items or [])  # the regularizers tell the groups apart by stage
+    view = Batch(batch, logits, token_rows, ltm_start, replayed_items,
+                 collate(seqs[ltm_start:], cache.tokenizer.pad_token_id) if replayed_items else None)  # fmt: skip
     for regularizer in regularizers:
         value = regularizer.penalty(model, view)
         if value is not None:
@@ -264,6 +281,43 @@ def compute_losses(model, cache: TokenCache, new: list[Example], replay: list[Ex
     detached = nll.detach().float().cpu()
     return StepLosses(parts, detached[rows].tolist(), detached[replay_start:ltm_start].tolist(),
                       int(batch["attention_mask"].sum()))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------
+# Before step 0: the stage-0 memory of the untrained model
+
+
+def needs_general(config: RunConfig) -> tuple[bool, bool]:
+    """(a stage-0 memory group, an own-voice probe) as the config asks for them."""
+    mc = config.memory
+    group = bool(mc.enabled and mc.general and mc.general_size > 0)
+    return group, bool(mc.general) and config.train.merge_alpha == "auto"
+
+
+@torch.no_grad()
+def build_self_memory(config: RunConfig, model, cache: TokenCache, ltm: LongTermMemory, device, say) -> SelfMemory:
+    """Ask the untrained model (adapter off) the general prompts; put its answers with its output distributions
+    on them into the LTM's protected stage-0 group; keep the probe's answers for choosing merge_alpha."""
+    group, probe = needs_general(config)
+    if not (group or probe):
+        return SelfMemory()
+    mc = config.memory
+    prompts, held = split_general(general_prompts(mc.general), mc.general_size if group else 0,
+                                  mc.general_probe if probe else 0)  # fmt: skip
+    start = time.perf_counter()
+    # without an adapter (full fine-tuning) the model before step 0 is already the untrained one
+    with base_weights(model) if hasattr(model, "disable_adapter") else contextlib.nullcontext():
+        answers = own_answers(model, cache.fmt, prompts + held, mc.general_new_tokens)
+        by_prompt = {ex.id.removeprefix("self/"): ex for ex in answers}
+        items = [MemoryItem(example=by_prompt[ex.id]) for ex in prompts if ex.id in by_prompt]
+        stored = ltm.protect(SELF_STAGE, items)
+        record_teacher_outputs(model, cache, ltm, stored, mc.teacher_top_k, device)
+    probe_items = [by_prompt[ex.id] for ex in held if ex.id in by_prompt]
+    unfinished = sum(1 for item in stored if item.example.meta.get("unfinished"))
+    say(f"stage-0 memory: the untrained model's own answers to {len(stored)} general prompts ({unfinished} cut at "
+        f"{mc.general_new_tokens} tokens), protected in the LTM; own-voice probe: {len(probe_items)} others "
+        f"({time.perf_counter() - start:.0f}s; memory.general)")  # fmt: skip
+    return SelfMemory(stored, probe_items)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -357,6 +411,9 @@ def run_recipe(config: RunConfig, folder: RunFolder) -> None:
         say(f"retrieved context: {len(contexts)} of {len(train_examples)} training examples carry up to "
             f"{config.memory.retrieve_in_training} facts from the others (memory.retrieve_in_training)")  # fmt: skip
     cache = TokenCache(fmt, contexts)
+    # Before start_or_resume: a resumed run restores the same protected group from its checkpoint's LTM
+    self_memory = build_self_memory(config, accelerator.unwrap_model(model), cache, memory.ltm,
+                                    accelerator.device, say)  # fmt: skip
     state, saved_log = start_or_resume(config, run_dir, resume, accelerator, model, optimizer, scheduler, schedule,
                                        memory, rng, say)  # fmt: skip
     log = MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None, write=accelerator.is_main_process)
@@ -386,33 +443,61 @@ def run_recipe(config: RunConfig, folder: RunFolder) -> None:
         if state.step % config.train.save_every == 0 or state.step == config.train.max_steps:
             state.wall_s = time.perf_counter() - run_start
             save_checkpoint(run_dir, state.step, accelerator, model, optimizer, scheduler, {
-                "state": state, "schedule": schedule.state_dict(), "rng": rng_states(rng), "metrics": log.state_dict(),
+                "state": asdict(state), "schedule": schedule.state_dict(), "rng": rng_states(rng),
+                "metrics": log.state_dict(),
                 **memory.state_dict()})  # fmt: skip
     bar.close()
 
     # 5. Outputs
     state.wall_s = time.perf_counter() - run_start
     weights = trainable_state(accelerator.unwrap_model(model))  # collective under FSDP: every process gathers
+    merge = merge_record(config, accelerator.unwrap_model(model), fmt, val_examples, self_memory.probe, say)
     if accelerator.is_main_process:
         save_outputs(run_dir, accelerator.unwrap_model(model), weights, tokenizer, config, memory.ltm, stages, state,
-                     trainable, total, log.records)  # fmt: skip
+                     trainable, total, log.records, merge)  # fmt: skip
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it also takes down the process group the barrier above needs
+
+
+def merge_record(config: RunConfig, model, fmt: PromptFormat, validation: list[Example], probe: list[Example],
+                 say) -> dict | None:  # fmt: skip
+    """adapter/merge.json's record (train.merge_alpha), or None where merging is off. auto: chosen on the
+    validation items and the own-voice probe only (recipes/merge.py)."""
+    from ..evaluation.stage_eval import fixed_sample
+
+    alpha = config.train.merge_alpha
+    if alpha is None:
+        return None
+    if alpha != "auto":
+        return {"alpha": float(alpha), "chosen_by": "config (train.merge_alpha)"}
+    medical = fixed_sample(validation, 200)
+    if not medical or not probe:
+        say("train.merge_alpha auto: no validation items or no own-voice probe to choose on; the adapter stays at 1")
+        return {"alpha": 1.0, "chosen_by": "nothing to choose on: no validation items or probe"}
+    record = choose_merge(model, fmt, medical, probe, list(config.train.merge_grid))
+    cells = "  ".join(f"{a}: {v['trade']:+.3f}" for a, v in record["grid"].items())
+    say(f"merge (WiSE-FT): alpha {record['alpha']:g} chosen on validation ({len(medical)} items + {len(probe)} "
+        f"own-voice probes; medical NLL drop + own-voice drop per alpha: {cells})")  # fmt: skip
+    return record
 
 
 def build_regularizers(config: RunConfig, model) -> list[Regularizer]:
     """The regularizers a config switches on (`model` before accelerate wraps it), in the order their parts
     are summed: the consistency teacher (ICFT's stored outputs, or an EMA of the adapter), the KL-to-base
-    anchor, EWC."""
+    anchor, EWC, and the stage-0 memory's teacher (the untrained model's stored outputs, weighted on its own)."""
     mc, lc = config.memory, config.loss
+    group, _ = needs_general(config)
+    own = frozenset({SELF_STAGE}) if group else frozenset()  # the stage-0 group is not the medical teacher's
     regularizers: list[Regularizer] = []
     if mc.enabled and lc.consistency > 0:
         regularizers.append(EMATeacher(model, mc.ema_decay, mc.teacher_top_k) if mc.teacher == "ema"
-                            else StoredTeacher())  # fmt: skip
+                            else StoredTeacher(own))  # fmt: skip
     if lc.kl_base > 0:
         regularizers.append(FrozenBaseTeacher(lc.kl_base, mc.teacher_top_k))
     if lc.ewc > 0:
         regularizers.append(EWC(lc.ewc))
+    if group and mc.general_consistency > 0:
+        regularizers.append(StoredTeacher.self_memory(SELF_STAGE, mc.general_consistency))
     return regularizers
 
 
@@ -428,23 +513,32 @@ class Memory:
     embedder: Embedder | None
     regularizers: list[Regularizer]
     enabled: bool
+    # stage-0 rows added to each micro-batch (memory.general_replay of its size); None: no stage-0 memory
+    self_replay: ReplaySchedule | None = None
 
     @classmethod
     def build(cls, config: RunConfig, model) -> Memory:
         mc, on = config.memory, config.memory.enabled
+        group, _ = needs_general(config)
         return cls(stm=ShortTermMemory(mc.stm_capacity), ltm=LongTermMemory(mc.ltm_capacity, mc.selection),
                    replay=ReplaySchedule(config.train.batch_size, mc.ltm_replay if on else 0.0,
                                          mc.stm_replay if on else 0.0),
                    embedder=Embedder() if on else None, regularizers=build_regularizers(config, model),
-                   enabled=on)  # fmt: skip
+                   enabled=on, self_replay=ReplaySchedule(config.train.batch_size, mc.general_replay, 0.0)
+                   if group else None)  # fmt: skip
 
     def state_dict(self) -> dict:
-        return {"stm": self.stm.state_dict(), "ltm": self.ltm.state_dict(), "replay": self.replay.state_dict(),
-                "regularizers": {r.name: r.state_dict() for r in self.regularizers}}  # fmt: skip
+        state = {"stm": self.stm.state_dict(), "ltm": self.ltm.state_dict(), "replay": self.replay.state_dict(),
+                 "regularizers": {r.name: r.state_dict() for r in self.regularizers}}  # fmt: skip
+        if self.self_replay is not None:
+            state["self_replay"] = self.self_replay.state_dict()
+        return state
 
     def load_state_dict(self, saved: dict) -> None:
         for part, name in ((self.stm, "stm"), (self.ltm, "ltm"), (self.replay, "replay")):
             part.load_state_dict(saved[name])
+        if self.self_replay is not None and "self_replay" in saved:
+            self.self_replay.load_state_dict(saved["self_replay"])
         states = saved.get("regularizers")
         if states is None:  # a checkpoint of an older version: EWC and the EMA teacher under keys of their own
             states = {name: saved[name] for name in (EWC.name, EMATeacher.name) if saved.get(name) is not None}
@@ -467,7 +561,7 @@ def start_or_resume(config: RunConfig, run_dir: Path, resume: bool, accelerator,
         if checkpoint is None:
             raise TrainingError(f"--resume {run_dir}: no checkpoint under {run_dir / 'checkpoints'}")
         saved = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler)
-        state = saved["state"]
+        state = RunState(**saved["state"])  # saved as a dict: checkpoints hold plain data only
         schedule.load_state_dict(saved["schedule"])
         memory.load_state_dict(saved)
         restore_rng_states(saved["rng"], rng)
@@ -484,13 +578,17 @@ def train_step(model, optimizer, accelerator, cache: TokenCache, memory: Memory,
                run_dir: Path) -> tuple[dict, int]:  # fmt: skip
     """One micro-batch: new examples, STM and LTM replay; the loss parts; backward and (when due) an update."""
     weights = {"task": config.loss.task, "consistency": config.loss.consistency, "finetune": config.loss.finetune,
-               "ewc": 1.0, "kl_base": 1.0}  # these two terms carry their own weights (loss.ewc, loss.kl_base)
+               "ewc": 1.0, "kl_base": 1.0,  # these two terms carry their own weights (loss.ewc, loss.kl_base)
+               "self_consistency": 1.0, "self_ce": config.memory.general_ce}  # (memory.general_consistency)
     with accelerator.accumulate(model):
-        n_ltm, n_stm = memory.replay.counts(len(memory.ltm) > 0, len(memory.stm) > 0)
+        n_ltm, n_stm = memory.replay.counts(len(memory.ltm.items(protected=False)) > 0, len(memory.stm) > 0)
         ltm_items, replayed = memory.ltm.sample(n_ltm, rng), memory.stm.sample_hard(n_stm, rng)
+        self_items = None
+        if memory.self_replay is not None:  # from step 0, in every stage, on top of the batch
+            self_items = memory.ltm.sample(memory.self_replay.counts(True, False)[0], rng, protected=True)
         new = schedule.sample(step, config.train.batch_size - n_ltm - n_stm)
         out = compute_losses(model, cache, new, replayed, ltm_items, config, accelerator.device,
-                             memory.regularizers)  # fmt: skip
+                             memory.regularizers, self_items)  # fmt: skip
         total_loss = losses.weighted_total(out.parts, weights)
         if not torch.isfinite(total_loss):
             raise TrainingError(
@@ -515,8 +613,10 @@ def log_progress(log: MetricsLog, bar: ProgressDisplay, accelerator, step: int, 
     record = log.flush(step, {"stage": stage, "lr": lr, "competence": competence, "ltm_size": len(memory.ltm),
                               "stm_size": len(memory.stm)}, accelerator.num_processes)  # fmt: skip
     accelerator.log({k: v for k, v in record.items() if k != "stage"}, step=step)
+    own = (f"self_kl={record['loss_self_consistency']:.3f} self_ce={record['loss_self_ce']:.3f} "
+           if "loss_self_consistency" in record else "")  # the stage-0 group's parts, where it is on
     bar.status(step, f"{stage} c={competence:.2f} task={record['loss_task']:.3f} "
-               f"cons={record['loss_consistency']:.3f} ft={record['loss_finetune']:.3f} "
+               f"cons={record['loss_consistency']:.3f} ft={record['loss_finetune']:.3f} {own}"
                f"{record['tokens_per_s']:.0f} tok/s")  # fmt: skip
 
 
@@ -559,7 +659,8 @@ def end_of_step(state: RunState, schedule: curriculum.StageSchedule, stages, val
 
 
 def save_outputs(run_dir: Path, model, trained: dict, tokenizer, config: RunConfig, ltm: LongTermMemory, stages,
-                 state: RunState, trainable: int, total: int, logged: list[dict]) -> None:  # fmt: skip
+                 state: RunState, trainable: int, total: int, logged: list[dict],
+                 merge: dict | None = None) -> None:  # fmt: skip
     from ..io import atomic_path
 
     weights = "adapter" if config.peft.method == "lora" else "model"
@@ -567,6 +668,8 @@ def save_outputs(run_dir: Path, model, trained: dict, tokenizer, config: RunConf
         # LoRA: the gathered trainable weights are the adapter (the same tensors, or under FSDP their full form).
         model.save_pretrained(tmp, **({"state_dict": trained} if weights == "adapter" else {}))
         tokenizer.save_pretrained(tmp)
+        if merge is not None:  # inside adapter/: replaced with it, so a later run never inherits a stale scale
+            write_json(tmp / MERGE_FILE, merge)
         stamp(tmp, run_dir)  # the config it was trained under: icft eval refuses it beside another config
     ltm.save(run_dir / "memory")
     stamp(run_dir / "memory", run_dir)
@@ -578,5 +681,6 @@ def save_outputs(run_dir: Path, model, trained: dict, tokenizer, config: RunConf
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
         "ltm_counts": ltm.counts(), "final_losses": logged[-1] if logged else None,
+        **({"merge_alpha": merge["alpha"]} if merge is not None else {}),
     })  # fmt: skip
     print(f"wrote {run_dir}: {weights}, memory ({len(ltm)} exemplars), metrics.jsonl, stage_eval.json, summary.json")
