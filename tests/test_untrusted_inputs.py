@@ -243,9 +243,13 @@ BOMB = "\n".join(
 
 
 def capped(code: str, argvs: list, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Python code in a subprocess under a 1 GiB address-space limit and a timeout: a regression fails, it does
-    not eat the machine."""
-    prelude = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+    """Python code in a subprocess allowed 1 GiB of address space beyond what icft and torch take once imported
+    (a CUDA build of torch maps several GiB), and a timeout: a regression fails, it does not eat the machine."""
+    prelude = ("import resource, torch, icft.cli, icft.inference.export, icft.recipes.train\n"
+               "status = open('/proc/self/status').read().split()\n"
+               "mapped = int(status[status.index('VmSize:') + 1]) * 1024  # kB\n"
+               "hard = resource.getrlimit(resource.RLIMIT_AS)[1]\n"
+               "resource.setrlimit(resource.RLIMIT_AS, (mapped + (1 << 30), hard))\n")  # fmt: skip
     return subprocess.run([sys.executable, "-c", prelude + code, json.dumps(argvs)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
 
