@@ -23,6 +23,18 @@ QUESTIONS = [
 ]  # fmt: skip
 
 
+def tiny_settings(model_dir: Path, data: tuple[Path, Path], **overrides) -> dict:
+    """`--set` pairs of a 6-step run on the tiny model and the staged fixture data, with `overrides`."""
+    train, val = data
+    pairs = {
+        "model.name": str(model_dir), "model.max_length": 48, "data.train": f"[{train}]",
+        "data.validation": f"[{val}]", "train.max_steps": 6, "train.batch_size": 4, "train.log_every": 1,
+        "train.save_every": 100, "train.eval_max_examples": 4, "memory.ltm_capacity": 6,
+        "memory.stm_capacity": 8, "train.lr": 0.01,
+    }  # fmt: skip
+    return {**pairs, **overrides}
+
+
 def trained_run(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, data: tuple[Path, Path]) -> Path:
     """`icft train` on the tiny Llama and the staged fixture data, 6 steps: adapter, memory/, stage_eval.json."""
     if "run" in _RUN:
@@ -30,13 +42,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, data:
     from icft.cli import main
 
     root = tmp_path_factory.mktemp("inference-run")
-    train, val = data
-    pairs = {
-        "model.name": str(model_dir), "model.max_length": 48, "data.train": f"[{train}]",
-        "data.validation": f"[{val}]", "train.max_steps": 6, "train.batch_size": 4, "train.log_every": 3,
-        "train.save_every": 6, "train.eval_max_examples": 4, "memory.ltm_capacity": 12,
-        "memory.stm_capacity": 8, "train.lr": 0.01,
-    }  # fmt: skip
+    pairs = tiny_settings(model_dir, data, **{"train.log_every": 3, "train.save_every": 6, "memory.ltm_capacity": 12})
     args = [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
     old = os.environ.get("ICFT_CACHE")
     os.environ["ICFT_CACHE"] = str(root / "cache")

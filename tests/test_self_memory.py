@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _inference_run import tiny_settings
 
 from icft.data.schema import Example
 from icft.memory import LongTermMemory, MemoryItem
@@ -91,13 +92,7 @@ def general_file(tmp_path) -> Path:
 def _config(model_dir, data, general: Path | None, **extra):
     from icft.config import load_config
 
-    train, val = data
-    pairs = {
-        "model.name": str(model_dir), "model.max_length": 48, "data.train": f"[{train}]",
-        "data.validation": f"[{val}]", "train.max_steps": 6, "train.batch_size": 4, "train.log_every": 1,
-        "train.save_every": 100, "train.eval_max_examples": 4, "memory.ltm_capacity": 6,
-        "memory.stm_capacity": 8, "train.lr": 0.01,
-    }  # fmt: skip
+    pairs = tiny_settings(model_dir, data)
     if general is not None:
         pairs.update({"memory.general": f"[{general}]", "memory.general_size": 6, "memory.general_probe": 4,
                       "memory.general_new_tokens": 8})  # fmt: skip

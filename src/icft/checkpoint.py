@@ -18,7 +18,6 @@ from __future__ import annotations
 import pickle
 import random
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 from accelerate import Accelerator
 
 from .errors import TrainingError
+from .io import remove_path
 from .runs import PARTIAL_CHECKPOINT, checkpoint_folders, real_folder
 
 KEEP = 2  # checkpoints kept; older ones are removed once a newer one is complete
@@ -93,7 +93,7 @@ def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, o
     tmp, final = root / f"{PARTIAL_CHECKPOINT}{step:06d}", root / f"step-{step:06d}"  # a kill leaves tmp: the
     # next start or resume removes it (RunFolder.claim)
     if accelerator.is_main_process:
-        _remove(tmp)
+        remove_path(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -105,24 +105,16 @@ def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, o
         torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _remove(final)
+        remove_path(final)
         tmp.rename(final)  # a checkpoint exists only once every file of it is written
         for old in checkpoint_folders(run_dir)[:-KEEP]:
-            _remove(old)
+            remove_path(old)
     accelerator.wait_for_everyone()
 
 
 def _inner(optimizer):
     """The torch optimizer inside accelerate's wrapper (state dicts are the torch optimizer's)."""
     return getattr(optimizer, "optimizer", optimizer)
-
-
-def _remove(path: Path) -> None:
-    """Remove a checkpoint folder; a link in its place is removed itself, never followed."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

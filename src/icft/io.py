@@ -67,6 +67,17 @@ def remove_leftovers(folder: Path, names: Iterable[str]) -> list[Path]:
     return removed
 
 
+def remove_path(path: Path) -> bool:
+    """Remove a file or folder; a link is removed itself, never followed. Returns whether anything was there."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+        return True
+    if path.is_dir():
+        shutil.rmtree(path)
+        return True
+    return False
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

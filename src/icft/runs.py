@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import ConfigError, TrainingError
-from .io import read_json
+from .io import read_json, remove_path
 
 if TYPE_CHECKING:
     from .data.prompt_format import PromptFormat
@@ -123,7 +122,7 @@ class RunFolder:
             left = remove_leftovers(self.path, RUN_ENTRIES + (MARKER,))
             checkpoints = self.path / "checkpoints"
             if checkpoints.is_dir() and not checkpoints.is_symlink():  # a link is removed below, never followed
-                left += [p for p in checkpoints.glob(PARTIAL_CHECKPOINT + "*") if _remove(p)]
+                left += [p for p in checkpoints.glob(PARTIAL_CHECKPOINT + "*") if remove_path(p)]
             if left:
                 say(f"removed what an interrupted run left half-written: {', '.join(p.name for p in left)}")
             if not self.resume and marker is not None:
@@ -171,8 +170,8 @@ def read_marker(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        marker = read_json(path)
+    except ConfigError:
         return {}
     if not isinstance(marker, dict):
         return {}
@@ -209,18 +208,13 @@ def remove_own(run_dir: Path, marker: dict) -> list[str]:
             continue
         if name == "checkpoints" and path.is_dir() and not path.is_symlink():
             for step in [*path.glob("step-*"), *path.glob(PARTIAL_CHECKPOINT + "*")]:
-                _remove(step)
+                remove_path(step)
             if not any(path.iterdir()):  # anything else in there is not icft's
                 path.rmdir()
         else:
-            _remove(path)
+            remove_path(path)
         removed.append(name)
     return removed
-
-
-def _remove(path: Path) -> bool:
-    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    return True
 
 
 def _icft_own_without_marker(name: str) -> bool:
@@ -408,13 +402,11 @@ def load_prompt_format(run_dir: str | Path, tokenizer: Any) -> PromptFormat:
             return PromptFormat.from_config(tokenizer, run_config(run_dir))
         except ValueError as error:
             raise ConfigError(f"{Path(run_dir) / 'config.yaml'}: {error}") from None
+    saved = read_json(path)
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
         return PromptFormat.from_json(tokenizer, saved if isinstance(saved, dict) else {})
-    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+    except ValueError as error:
         raise ConfigError(f"{path}: {error}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to read") from None
 
 
 def load_memory(run_dir: str | Path) -> LongTermMemory | None:

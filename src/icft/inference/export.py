@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..io import OLD, TMP, check_output_dir, leftovers, read_json, remove_leftovers, write_json
+from ..io import OLD, TMP, check_output_dir, leftovers, read_json, remove_leftovers, remove_path, write_json
 from ..runs import PROMPT_FORMAT_FILE
 from .generate import InputError
 
@@ -144,24 +144,16 @@ def _move_in(tmp: Path, output: Path, meta: dict[str, Any], owned: list[str], na
     they move the marker lists both sets, so a kill leaves only names the next export removes."""
     write_json(output / MARKER, {**meta, "owned": sorted({*owned, *names})})
     for name in sorted(set(owned) - set(names)):
-        _remove(output / name)
+        remove_path(output / name)
     for name in names:
         target, aside = output / name, output / f".{name}{OLD}"
-        _remove(aside)
+        remove_path(aside)
         if target.exists() or target.is_symlink():
             target.rename(aside)  # renames a link itself, never what it points to
         (tmp / name).rename(target)
-        _remove(aside)
+        remove_path(aside)
     write_json(output / MARKER, {**meta, "owned": names})
     tmp.rmdir()
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or folder; a link is removed itself, never followed."""
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
 
 
 def _run_config(run: Path) -> dict[str, Any]:
