@@ -1122,16 +1122,16 @@ class OncePerSecond(logging.Filter):
     kind keeps its traceback; later ones are one line, counting those left out. Under a flood of failing
     connections (out of open files, say) the log grows by a line a second, not by megabytes."""
 
-    def __init__(self, every: float = 1.0):
+    def __init__(self, every: float = 1.0, clock: Callable[[], float] = time.monotonic):
         super().__init__()
-        self.every = every
+        self.every, self.clock = every, clock
         self.last: dict[tuple, float] = {}
         self.skipped: dict[tuple, int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[0] if record.exc_info else None
         kind = (record.name, str(record.msg)[:200], getattr(error, "__name__", None))
-        now = time.monotonic()
+        now = self.clock()
         first = kind not in self.last
         if not first and now - self.last[kind] < self.every:
             self.skipped[kind] = self.skipped.get(kind, 0) + 1
