@@ -38,13 +38,16 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from icft.data.formatting import prompt_and_target, reference, resolve_template  # noqa: E402
+from icft.data.kinds import choice_type  # noqa: E402
 from icft.data.loaders import load_examples  # noqa: E402
+from icft.data.prompt_format import PromptFormat  # noqa: E402
 from icft.data.tokenize import encode_pair  # noqa: E402
 from icft.evaluation.baselines import cheat_scores, longest_option, trivial_baselines  # noqa: E402
-from icft.evaluation.evaluate import evaluate_examples  # noqa: E402
+from icft.evaluation.evaluate import EvalSettings, evaluate_examples  # noqa: E402
 from icft.evaluation.statistics import paired_items  # noqa: E402
 from icft.io import write_json, write_text  # noqa: E402
 from icft.models import MINILM_DECODER, SMOLLM2, load_model  # noqa: E402
+from icft.tables import cell, markdown  # noqa: E402
 
 FILES = {
     "pubmedqa": "pubmedqa/train.jsonl",
@@ -90,7 +93,7 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 def floors(examples: list) -> dict[str, float]:
     """Each no-model rule's accuracy (preference accuracy on pairs) on exactly these items."""
     trivial = trivial_baselines(examples)
-    metric = "preference_accuracy" if examples[0].kind == "preference" else "accuracy"
+    metric = "preference_accuracy" if choice_type(examples[0]) == "preference" else "accuracy"
     out = {name: trivial.get(key, {}).get(metric) for name, key in
            (("random", "random"), ("majority", "majority"), ("position", "position-prior"))}  # fmt: skip
     if metric == "preference_accuracy":
@@ -114,9 +117,8 @@ def score_model(name: str, files: dict[str, list], max_length: int, batch_size: 
             continue
         start = time.perf_counter()
         # MedQuAD is scored for answer NLL only: one generated token keeps the generation pass cheap.
-        result = evaluate_examples(model, tokenizer, examples, max_length=max_length, batch_size=batch_size,
-                                   progress=False, template=template,
-                                   max_new_tokens=1 if file == "medquad" else 64)  # fmt: skip
+        settings = EvalSettings(batch_size, max_new_tokens=1 if file == "medquad" else 64)
+        result = evaluate_examples(model, PromptFormat(tokenizer, template, max_length), examples, settings)
         seconds = time.perf_counter() - start
         n_tokens = [encode_pair(tokenizer, *prompt_and_target(ex, tokenizer, template), max_length, add_eos=False,
                                 template=template).n_target for ex in examples]  # fmt: skip
@@ -175,28 +177,29 @@ def fmt_ci(value: float, ci: tuple[float, float], digits: int = 3) -> str:
 def tables(summary: dict, names: list[str]) -> str:
     choice = [f for f, row in summary.items() if "floors" in row]
     gap = [f"{names[0]} - {names[1]} [95% CI]"] if len(names) == 2 else []
-    header = ["file", "n", *names, *FLOORS, *gap]
-    lines = ["Accuracy (preference accuracy on mediqa2019) with its 95% Wilson interval over items; floors on the "
-             "same items; * = the interval's low end is above the best floor.", "",
-             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]  # fmt: skip
+    rows = []
     for file in choice:
         row = summary[file]
         cells = [fmt_ci(row["models"][n]["accuracy"], row["models"][n]["accuracy_ci"])
                  + (" *" if row["models"][n]["above_floor"] else "") for n in names]  # fmt: skip
-        cells += [f"{row['floors'][k]:.3f}" if k in row["floors"] else "-" for k in FLOORS]
+        cells += [cell(row["floors"].get(k)) for k in FLOORS]
         if "gap" in row:
             cells.append(fmt_ci(row["gap"]["mean"], (row["gap"]["low"], row["gap"]["high"]), 3))
-        lines.append(f"| {file} | {row['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "Answer NLL (mean per answer token, each model's own tokenizer) and per answer character (comparable "
-              "across tokenizers), 95% t interval over items.", "",
-              "| file | n | " + " | ".join(f"{n} NLL/token | {n} NLL/char" for n in names) + " |",
-              "|---|---:|" + "---:|" * (2 * len(names))]  # fmt: skip
+        rows.append([file, str(row["n"]), *cells])
+    nll_rows = []
     for file, row in summary.items():
         cells = []
         for n in names:
             m = row["models"][n]
             cells += [fmt_ci(m["answer_nll"], m["answer_nll_ci"], 2), fmt_ci(m["nll_per_char"], m["nll_per_char_ci"])]
-        lines.append(f"| {file} | {row['n']} | " + " | ".join(cells) + " |")
+        nll_rows.append([file, str(row["n"]), *cells])
+    nll_header = ["file", "n", *(f"{n} NLL/{unit}" for n in names for unit in ("token", "char"))]
+    lines = ["Accuracy (preference accuracy on mediqa2019) with its 95% Wilson interval over items; floors on the "
+             "same items; * = the interval's low end is above the best floor.", "",
+             *markdown(["file", "n", *names, *FLOORS, *gap], rows), "",
+             "Answer NLL (mean per answer token, each model's own tokenizer) and per answer character (comparable "
+             "across tokenizers), 95% t interval over items.", "",
+             *markdown(nll_header, nll_rows)]  # fmt: skip
     return "\n".join(lines)
 
 

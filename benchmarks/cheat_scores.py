@@ -34,14 +34,14 @@ from icft.evaluation.baselines import (
     option_word_model,
     tagged_option,
 )
+from icft.tables import cell, markdown
 
 
 def table(by_type: bool = False) -> str:
     """The cheat table as markdown."""
     train = load_bundled("train")
     rules = cheat_rules(train)
-    header = ["file", "items", "chance", *CHEATS]
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    rows = []
     for split in SPLITS[1:]:
         examples = load_bundled(split)
         groups = {split: examples}
@@ -50,9 +50,8 @@ def table(by_type: bool = False) -> str:
                 groups[f"{split} {kind}"] = [ex for ex in examples if item_type(ex) == kind]
         for name, items in groups.items():
             scores = cheat_scores(rules, items)
-            cells = [name, str(int(scores["n"])), *(f"{scores[k]:.3f}" for k in ("chance", *CHEATS))]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append([name, str(int(scores["n"])), *(cell(scores[k]) for k in ("chance", *CHEATS))])
+    return "\n".join(markdown(["file", "items", "chance", *CHEATS], rows))
 
 
 def other_models(train: list[Example]) -> dict[str, Callable[[Example], list[float]]]:
@@ -85,12 +84,12 @@ def other_models(train: list[Example]) -> dict[str, Callable[[Example], list[flo
 
 def other_models_table() -> str:
     rules = other_models(load_bundled("train"))
-    lines = ["| file | items | chance | " + " | ".join(rules) + " |", "|---" * (len(rules) + 3) + "|"]
+    rows = []
     for split in SPLITS[1:]:
         items = [ex for ex in load_bundled(split) if is_choice(ex)]
-        cells = [f"{np.mean([expected_hit(rule(ex), choices(ex)[1]) for ex in items]):.3f}" for rule in rules.values()]
-        lines.append(f"| {split} | {len(items)} | {chance(items):.3f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        hits = [float(np.mean([expected_hit(rule(ex), choices(ex)[1]) for ex in items])) for rule in rules.values()]
+        rows.append([split, str(len(items)), cell(chance(items)), *(cell(h) for h in hits)])
+    return "\n".join(markdown(["file", "items", "chance", *rules], rows))
 
 
 def main() -> None:

@@ -26,17 +26,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from icft.config import load_config  # noqa: E402
 from icft.data.formatting import prompt_and_target  # noqa: E402
+from icft.data.kinds import choice_type  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
 from icft.data.tokenize import encode_pair  # noqa: E402
-from icft.likelihood import score_pairs  # noqa: E402
+from icft.likelihood import ScoreSettings, score_pairs  # noqa: E402
 from icft.models import MINILM_DECODER, load_model  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
 from icft.runs import load_run  # noqa: E402
+from icft.tables import cell, markdown  # noqa: E402
 
 
 def perplexity(model, tokenizer, examples, max_length: int) -> float:
     pairs = [prompt_and_target(ex) for ex in examples]
-    logprobs = score_pairs(model, tokenizer, pairs, max_length=max_length)
+    logprobs = score_pairs(model, tokenizer, pairs, ScoreSettings(max_length))
     tokens = [encode_pair(tokenizer, p, t, max_length, add_eos=False).n_target for p, t in pairs]
     return math.exp(-sum(logprobs) / sum(tokens))
 
@@ -65,8 +67,9 @@ def main() -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
-    val = [ex for ex in load_data(["bundled:validation"]) if ex.kind != "preference"][: args.max_eval]
-    test = [ex for ex in load_data(["bundled:test"]) if ex.kind != "preference"][: args.max_eval]
+    # perplexity of one answer per item: a preference pair has two
+    val = [ex for ex in load_data(["bundled:validation"]) if choice_type(ex) != "preference"][: args.max_eval]
+    test = [ex for ex in load_data(["bundled:test"]) if choice_type(ex) != "preference"][: args.max_eval]
     work = Path(tempfile.mkdtemp(prefix="icft-embedded-"))
     candidates = {
         "minilm-decoder (warm start), full FT": (MINILM_DECODER, "full"),
@@ -98,10 +101,10 @@ def main() -> int:
         rows.append({"model": label, "test_ppl_before": before, **best})
 
     print(f"\nHeld-out perplexity on bundled test answers after {args.steps} steps x batch {args.batch_size}")
-    print("| model | test ppl before | lr (picked on val) | val ppl | test ppl | train s |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['test_ppl_before']:.1f} | {r['lr']:g} | {r['val_ppl']:.1f} | {r['test_ppl']:.1f} "
-              f"| {r['train_s']:.0f} |")
+    header = ["model", "test ppl before", "lr (picked on val)", "val ppl", "test ppl", "train s"]
+    cells = [[r["model"], cell(r["test_ppl_before"], 1), f"{r['lr']:g}", cell(r["val_ppl"], 1), cell(r["test_ppl"], 1),
+              cell(r["train_s"], 0)] for r in rows]  # fmt: skip
+    print("\n".join(markdown(header, cells)))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

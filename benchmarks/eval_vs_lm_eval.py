@@ -76,10 +76,11 @@ def load_model_and_tokenizer(model_name: str, run_dir: str | None):
 
 
 def score_ours(model, tokenizer, examples, batch_size: int) -> tuple[dict, list[list[float]]]:
+    from icft.data.prompt_format import PromptFormat
     from icft.evaluation.scoring import choice_accuracy, score_choices
 
     start = time.perf_counter()
-    scores = score_choices(model, tokenizer, examples, max_length=MAX_LENGTH, batch_size=batch_size)
+    scores = score_choices(model, PromptFormat(tokenizer, "plain", MAX_LENGTH), examples, batch_size)
     wall = time.perf_counter() - start
     summary = {"acc": choice_accuracy(scores), "acc_norm": choice_accuracy(scores, normalised=True), "wall_s": wall}
     return summary, [s.logprobs for s in scores]
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(rows: list[dict]) -> None:
+    from icft.tables import text
+
     header = ["task", "n", "icft acc", "lm-eval acc", "icft acc_norm", "lm-eval acc_norm", "max |dLL|",
               "icft s", "lm-eval s"]  # fmt: skip
     keys = ["task", "n", "icft_acc", "lm_eval_acc", "icft_acc_norm", "lm_eval_acc_norm", "max_abs_loglik_diff",
@@ -176,9 +179,7 @@ def print_table(rows: list[dict]) -> None:
     formats = {"max_abs_loglik_diff": "{:.1e}", "icft_wall_s": "{:.1f}", "lm_eval_wall_s": "{:.1f}"}
     cells = [[formats.get(k, "{:.4f}").format(r[k]) if isinstance(r[k], float) else str(r[k]) for k in keys]
              for r in rows]  # fmt: skip
-    widths = [max(len(x) for x in col) for col in zip(header, *cells)]
-    for line in [header, ["-" * w for w in widths], *cells]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    print("\n".join(text(header, cells)))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ Stages, from the files in ../shared/data (read in place, never copied):
   general:   the bundled general-domain examples (the shared folder has no general text)
   knowledge: MedQuAD question -> answer (open QA)
   clinical:  PubMedQA yes/no/maybe questions, MMLU medical multiple choice, PubMedQA preference pairs
-Held out, by a hash of the id (MedQuAD: of the focus, so test documents are on topics never trained on; MMLU:
-  of the question, which two subsets share once):
+Held out by group (`icft.data.sources.heldout_split`: a hash of the id; MedQuAD: of the focus, so test
+  documents are on topics never trained on; MMLU: of the question, which two subsets share once):
   PubMedQA 20%, MMLU-medical 40%, MedQuAD 5% of foci; preference pairs on held-out PubMedQA questions are
   dropped from training too. Validation (for the stage matrix) is a further slice of training data; the
   general stage is validated on the bundled retention probes of taught general facts. `disjointness` checks
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import statistics
@@ -39,9 +38,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from icft.config import load_config  # noqa: E402
-from icft.data.formatting import resolve_template  # noqa: E402
 from icft.data.loaders import load_examples  # noqa: E402
-from icft.data.sources import load_data  # noqa: E402
+from icft.data.prompt_format import PromptFormat  # noqa: E402
+from icft.data.sources import heldout_split, load_data  # noqa: E402
+from icft.evaluation import registry  # noqa: E402
 from icft.evaluation.baselines import trivial_baselines  # noqa: E402
 from icft.evaluation.evaluate import evaluate_examples  # noqa: E402
 from icft.evaluation.report import mean_std  # noqa: E402
@@ -51,12 +51,9 @@ from icft.models import load_model  # noqa: E402
 from icft.recipes.compare import method_config  # noqa: E402
 from icft.recipes.train import train  # noqa: E402
 from icft.runs import load_run  # noqa: E402
+from icft.tables import cell, markdown  # noqa: E402
 
-METRICS = ("accuracy", "accuracy_norm", "macro_f1", "recall_yes", "recall_no", "recall_maybe", "rougeL")
-
-
-def bucket(key: str) -> int:
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100
+METRICS = registry.names(level="test")  # the test metrics kept in each run's row, in table order
 
 
 def build(data: Path, max_medquad: int, max_length_words: int) -> dict[str, dict[str, list]]:
@@ -70,20 +67,19 @@ def build(data: Path, max_medquad: int, max_length_words: int) -> dict[str, dict
     pairs = load_examples(data / "medical_llm_rl" / "pairs.jsonl").examples
     medquad = [ex for ex in load_examples(data / "medquad" / "qa.jsonl").examples
                if len(ex.answer.split()) <= max_length_words]  # fmt: skip
-    test_pmids = {ex.id for ex in pubmedqa if bucket(ex.id) < 20}
     split = {"train": {}, "validation": {}, "test": {}}
 
-    def put(name, examples, is_test, is_val, stage):
-        for part, keep in (("test", is_test), ("validation", lambda e: not is_test(e) and is_val(e)),
-                           ("train", lambda e: not is_test(e) and not is_val(e))):  # fmt: skip
-            split[part][name] = staged([e for e in examples if keep(e)], stage)
+    def put(name, examples, test_group, test_share, validation_share, stage):
+        """Test: the groups `test_group` holds out; validation: a share of the rest, by id."""
+        rest, split["test"][name] = heldout_split(staged(examples, stage), test_group, test_share)
+        split["train"][name], split["validation"][name] = heldout_split(rest, lambda e: "val" + e.id, validation_share)
 
-    put("pubmedqa", pubmedqa, lambda e: e.id in test_pmids, lambda e: bucket("val" + e.id) < 10, "clinical")
+    put("pubmedqa", pubmedqa, lambda e: e.id, 0.2, 0.1, "clinical")
     # by the question's text: one MMLU question appears in two subsets under two ids
-    put("mmlu_medical", mmlu, lambda e: bucket(e.question) < 40, lambda e: bucket("val" + e.id) < 10, "clinical")
-    put("pairs", pairs, lambda e: e.id.split("/")[-1] in test_pmids, lambda e: bucket("val" + e.id) < 10, "clinical")
-    put("medquad", medquad, lambda e: bucket(e.meta.get("focus", e.id)) < 5,
-        lambda e: bucket("val" + e.id) < 3, "knowledge")  # fmt: skip
+    put("mmlu_medical", mmlu, lambda e: e.question, 0.4, 0.1, "clinical")
+    # a pair is held out with its PubMedQA question (its id ends in the question's id)
+    put("pairs", pairs, lambda e: e.id.split("/")[-1], 0.2, 0.1, "clinical")
+    put("medquad", medquad, lambda e: e.meta.get("focus", e.id), 0.05, 0.03, "knowledge")
     split["train"]["medquad"] = split["train"]["medquad"][:max_medquad]
     split["test"]["medquad"] = split["test"]["medquad"][:100]
     split["validation"]["medquad"] = split["validation"]["medquad"][:100]
@@ -124,10 +120,9 @@ def run_one(base, method: str, seed: int, split: dict, work: Path, max_length: i
         row["stage_eval"] = {k: stage_eval[k] for k in ("stages", "metric", "accuracy_matrix", "nll_matrix")}
         row.update({k: stage_eval[k] for k in ("forgetting", "forgetting_nll")})
     row["train_s"] = time.perf_counter() - start
-    template = resolve_template(tokenizer, config.data.template)  # the format it was trained in
+    fmt = PromptFormat.resolve(tokenizer, config.data.template, max_length)  # the format it was trained in
     for name, examples in split["test"].items():
-        m = evaluate_examples(model, tokenizer, examples, max_length=max_length, progress=False,
-                              template=template).metrics  # fmt: skip
+        m = evaluate_examples(model, fmt, examples).metrics
         row.update({f"{name}/{key}": m[key] for key in METRICS if key in m})
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "row.json", row)
@@ -138,17 +133,16 @@ def stage_table(rows: list[dict]) -> list[str]:
     """Mean over seeds of each stage's score after every stage, in the stage's own metric."""
     first = rows[0]["stage_eval"]
     stages, metrics = first["stages"], first["metric"]
-    lines = ["| after stage | " + " | ".join(f"{s} ({'acc' if m == 'accuracy' else 'NLL'})"
-                                             for s, m in zip(stages, metrics)) + " |",
-             "|---|" + "---|" * len(stages)]  # fmt: skip
+    header = ["after stage", *(f"{s} ({'acc' if m == 'accuracy' else 'NLL'})" for s, m in zip(stages, metrics))]
+    table = []
     for i, stage in enumerate(stages):
         cells = []
         for j, metric in enumerate(metrics):
             matrix = "accuracy_matrix" if metric == "accuracy" else "nll_matrix"
             values = [r["stage_eval"][matrix][i][j] for r in rows if r["stage_eval"][matrix][i][j] is not None]
-            cells.append(f"{statistics.mean(values):.3f}" if values else "–")
-        lines.append(f"| {i + 1} ({stage}) | " + " | ".join(cells) + " |")
-    return lines
+            cells.append(cell(statistics.mean(values)) if values else "–")
+        table.append([f"{i + 1} ({stage})", *cells])
+    return markdown(header, table)
 
 
 def run_numbers(row: dict) -> dict[str, float]:
@@ -168,18 +162,19 @@ def paired_table(rows: dict[str, list[dict]], seeds: list[int], reference: str =
         return []
     ours = [run_numbers(r) for r in rows[reference]]
     keys = [k for k in ours[0] if not k.endswith(("accuracy_norm", "recall_maybe"))]
-    lines = [f"{reference} minus each method, paired by seed: mean [95% t interval over {len(seeds)} seeds]; "
-             "**bold** when it excludes 0 (for forgetting and NLL, lower is better)", "",
-             f"| metric | {' | '.join(others)} |", "|---|" + "---|" * len(others)]  # fmt: skip
+    table = []
     for key in keys:
         cells = []
         for method in others:
             theirs = [run_numbers(r).get(key) for r in rows[method]]
             d = paired_runs(dict(zip(seeds, [o.get(key) for o in ours])), dict(zip(seeds, theirs)))
-            text = "–" if d is None else f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+            low, high = (None, None) if d is None else (cell(d.low, sign=True), cell(d.high, sign=True))
+            text = "–" if d is None else f"{cell(d.mean, sign=True)} [{low}, {high}]"
             cells.append(f"**{text}**" if d is not None and d.significant else text)
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    return lines
+        table.append([key, *cells])
+    return [f"{reference} minus each method, paired by seed: mean [95% t interval over {len(seeds)} seeds]; "
+            "**bold** when it excludes 0 (for forgetting and NLL, lower is better)", "",
+            *markdown(["metric", *others], table)]
 
 
 def main() -> int:
@@ -230,9 +225,8 @@ def main() -> int:
     keys = list(dict.fromkeys(k for column in results.values() for k in column if k != "train_s"))
     lines = [f"Real data, {args.model}, {args.steps} steps of batch 8, seeds {args.seeds} (mean ± std; base once); "
              "test: " + ", ".join(f"{k} {len(v)}" for k, v in split["test"].items()), "",
-             "| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]  # fmt: skip
-    lines += [f"| {key} | " + " | ".join(_cell(results[m].get(key)) for m in results) + " |"
-              for key in keys + ["train_s"]]  # fmt: skip
+             *markdown(["metric", *results], [[key, *(_cell(results[m].get(key)) for m in results)]
+                                              for key in keys + ["train_s"]])]  # fmt: skip
     for method, rs in rows.items():
         if method != "base":
             lines += ["", f"{method}: each stage's held-out score after each stage (mean over seeds)", "",
@@ -248,7 +242,7 @@ def main() -> int:
 def _cell(value: dict | None) -> str:
     if value is None:
         return "–"
-    return f"{value['mean']:.3f}" + (f" ± {value['std']:.3f}" if value["n"] > 1 else "")
+    return cell(value["mean"]) + (f" ± {cell(value['std'])}" if value["n"] > 1 else "")
 
 
 if __name__ == "__main__":

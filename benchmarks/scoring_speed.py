@@ -25,11 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from icft.data.formatting import candidates, resolve_template  # noqa: E402
+from icft.data.prompt_format import PromptFormat  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
 from icft.data.tokenize import encode_pair  # noqa: E402
 from icft.evaluation.scoring import is_scorable, score_choices  # noqa: E402
 from icft.io import write_json  # noqa: E402
-from icft.likelihood import score_pairs  # noqa: E402
+from icft.likelihood import ScoreSettings, score_pairs  # noqa: E402
 from icft.models import SMOLLM2, load_model  # noqa: E402
 
 
@@ -52,6 +53,7 @@ def main() -> int:
     examples = [ex for ex in load_data([args.data], quiet=True) if is_scorable(ex)][: args.max_examples]
     model, tokenizer = load_model(args.model)
     template = resolve_template(tokenizer, "auto")
+    fmt = PromptFormat(tokenizer, template, args.max_length)
     items = [candidates(ex, tokenizer, template) for ex in examples]
     pairs = [(prompt, c) for prompt, cands, _ in items for c in cands]
     pair_tokens = sum(len(encode_pair(tokenizer, p, c, args.max_length, add_eos=False, template=template).input_ids)
@@ -59,11 +61,10 @@ def main() -> int:
     seconds, unshared_seconds, scores, unshared = [], [], [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        scores = score_choices(model, tokenizer, examples, args.max_length, args.batch_size, template=template)
+        scores = score_choices(model, fmt, examples, args.batch_size)
         seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
-        unshared = score_pairs(model, tokenizer, pairs, args.max_length, args.batch_size, template=template,
-                               share_prompts=False)  # fmt: skip
+        unshared = score_pairs(model, tokenizer, pairs, ScoreSettings.of(fmt, args.batch_size), share_prompts=False)
         unshared_seconds.append(time.perf_counter() - start)
     rates = [pair_tokens / s for s in seconds]
     before = [pair_tokens / s for s in unshared_seconds]

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from icft.tables import cell, markdown
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("lora-sequential", "icft-paper", "icft-self")
 GENERAL = "general_instructions/instructions.jsonl"
@@ -173,13 +175,12 @@ def opens_with_stock(answer: str) -> bool:
 
 
 def score(model, fmt, medquad: list, voice: list) -> dict:
-    from icft.evaluation.evaluate import evaluate_examples
-    from icft.likelihood import answer_nll
+    from icft.evaluation.evaluate import EvalSettings, evaluate_examples
+    from icft.likelihood import ScoreSettings, answer_nll
 
-    result = evaluate_examples(model, fmt.tokenizer, medquad, max_length=fmt.max_length, progress=False, fmt=fmt,
-                               max_new_tokens=NEW_TOKENS)  # fmt: skip
+    result = evaluate_examples(model, fmt, medquad, EvalSettings(max_new_tokens=NEW_TOKENS))
     pairs = [(fmt.prompt(ex), str(ex.answer)) for ex in voice]
-    voice_nll = answer_nll(model, fmt.tokenizer, pairs, fmt.max_length, template=fmt.template)
+    voice_nll = answer_nll(model, fmt.tokenizer, pairs, ScoreSettings.of(fmt))
     return {
         "medquad_nll": {r["id"]: r["answer_nll"] for r in result.items},
         "medquad_rougeL": {r["id"]: r["rougeL"] for r in result.items},
@@ -255,11 +256,12 @@ def paired(scores: dict, point: str, other: str, metric: str):
     return paired_items(ours, theirs)
 
 
-def cell(diff, sign: float = 1.0) -> str:
+def interval(diff, sign: float = 1.0) -> str:
+    """sign x the difference: mean [low, high], bold where the interval excludes 0."""
     if diff is None:
         return "–"
     low, high = sorted((sign * diff.low, sign * diff.high))
-    text = f"{sign * diff.mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+    text = f"{cell(sign * diff.mean, sign=True)} [{cell(low, sign=True)}, {cell(high, sign=True)}]"
     return f"**{text}**" if diff.significant else text
 
 
@@ -268,7 +270,7 @@ def verdict(diff, sign: float) -> str:
     if diff is None:
         return "not measured"
     word = "no clear difference" if not diff.significant else "ahead" if sign * diff.mean > 0 else "behind"
-    return f"{word} ({cell(diff, sign).strip('*')})"
+    return f"{word} ({interval(diff, sign).strip('*')})"
 
 
 def mean_over(scores: dict, point: str, metric: str) -> float:
@@ -281,75 +283,85 @@ def stock_count(scores: dict, point: str) -> str:
     return "/".join(str(c) for c in counts) + f" of {n}"
 
 
-def report(out: Path, scores: dict, tests: dict, seeds: list[int], command: str, seconds: dict,
-           note: str = "") -> str:  # fmt: skip
-    points = list(scores)
-    lines = [
-        "# ICFT that keeps what the model knew (issue 36): demo scale",
-        "",
-        f"`{command}`",
-        "",
-        *([note, ""] if note else []),
-        f"configs/demo-real.yaml (SmolLM2-135M-Instruct, 60 steps of batch 4, LoRA r=8 on attention), seeds {seeds}. "
-        f"Test: {len(tests['medquad'])} held-out MedQuAD items (reference answers), "
-        f"{N_GENERAL_TEST} held-out general instructions (own voice: the untrained model's greedy answers, "
-        f"{NEW_TOKENS} tokens), never in the stage-0 memory nor its validation probe "
-        f"({tests['n_general_train']} general instructions left for training to draw 64 + 20 from).",
-        "",
-        "Changes against the untrained model, higher = better (NLL drops in nats per answer token), mean "
-        "[95% paired bootstrap interval over items and seeds]; **bold** where it excludes 0. Stock openers: greedy "
-        "MedQuAD answers whose first 80 characters hold a ChatDoctor stock phrase, per seed.",
-        "",
-        "| model | seeds | MedQuAD answer NLL | NLL drop vs base | ROUGE-L | ROUGE-L change | own-voice NLL | "
-        "own-voice drop vs base | stock openers | sum of the two drops |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for point in points:
+def main_table(scores: dict) -> list[str]:
+    """Each model against the untrained one: MedQuAD answer NLL and ROUGE-L, own-voice NLL, their changes."""
+    header = ["model", "seeds", "MedQuAD answer NLL", "NLL drop vs base", "ROUGE-L", "ROUGE-L change",
+              "own-voice NLL", "own-voice drop vs base", "stock openers", "sum of the two drops"]  # fmt: skip
+    rows = []
+    for point in scores:
         nll, voice = mean_over(scores, point, "medquad_nll"), mean_over(scores, point, "own_voice_nll")
+        rouge = mean_over(scores, point, "medquad_rougeL")
         if point == "base":
-            lines.append(f"| untrained | – | {nll:.3f} | – | {mean_over(scores, point, 'medquad_rougeL'):.3f} | – | "
-                         f"{voice:.3f} | – | {stock_count(scores, point)} | – |")  # fmt: skip
+            rows.append(["untrained", "–", cell(nll), "–", cell(rouge), "–", cell(voice), "–",
+                         stock_count(scores, point), "–"])  # fmt: skip
             continue
         d_nll, d_voice = paired(scores, point, "base", "medquad_nll"), paired(scores, point, "base", "own_voice_nll")
-        d_rouge = paired(scores, point, "base", "medquad_rougeL")
         alphas = {v["merge"]["alpha"] for v in scores[point].values() if "merge" in v}
         name = point + (f" (alpha {'/'.join(f'{a:g}' for a in sorted(alphas))})" if alphas else "")
-        seeds_text = ",".join(sorted(scores[point]))
-        rouge = mean_over(scores, point, "medquad_rougeL")
-        lines.append(f"| {name} | {seeds_text} | {nll:.3f} | {cell(d_nll, -1)} | {rouge:.3f} | "
-                     f"{cell(d_rouge)} | {voice:.3f} | {cell(d_voice, -1)} | {stock_count(scores, point)} | "
-                     f"{-(d_nll.mean + d_voice.mean):+.3f} |")  # fmt: skip
-    lines += ["", "## The new design against LoRA x0.5 and today's ICFT (paired, same items and seeds)", "",
-              "| new design minus | MedQuAD NLL drop | ROUGE-L | own-voice drop |", "|---|---:|---:|---:|"]
-    ours = "icft-self (merged, alpha chosen on validation)"
-    for other in ("lora-sequential x0.5", "icft-paper x0.5", "icft-paper x1", "lora-sequential x1",
-                  "icft-paper merged on validation (= icft-no-self-memory)"):  # fmt: skip
-        if ours in scores and other in scores:
-            lines.append(f"| {other} | {cell(paired(scores, ours, other, 'medquad_nll'), -1)} | "
-                         f"{cell(paired(scores, ours, other, 'medquad_rougeL'))} | "
-                         f"{cell(paired(scores, ours, other, 'own_voice_nll'), -1)} |")  # fmt: skip
+        rows.append([name, ",".join(sorted(scores[point])), cell(nll), interval(d_nll, -1), cell(rouge),
+                     interval(paired(scores, point, "base", "medquad_rougeL")), cell(voice), interval(d_voice, -1),
+                     stock_count(scores, point), cell(-(d_nll.mean + d_voice.mean), sign=True)])  # fmt: skip
+    return markdown(header, rows)
+
+
+OURS = "icft-self (merged, alpha chosen on validation)"
+
+
+def against_table(scores: dict) -> list[str]:
+    """The new design minus LoRA x0.5 and today's ICFT, paired on the same items and seeds."""
+    rows = [[other, interval(paired(scores, OURS, other, "medquad_nll"), -1),
+             interval(paired(scores, OURS, other, "medquad_rougeL")),
+             interval(paired(scores, OURS, other, "own_voice_nll"), -1)]
+            for other in ("lora-sequential x0.5", "icft-paper x0.5", "icft-paper x1", "lora-sequential x1",
+                          "icft-paper merged on validation (= icft-no-self-memory)")
+            if OURS in scores and other in scores]  # fmt: skip
+    lines = markdown(["new design minus", "MedQuAD NLL drop", "ROUGE-L", "own-voice drop"], rows)
     lines += ["", "In plain words (the new design minus each, from the table above):", ""]
     for other in ("lora-sequential x0.5", "icft-paper x1"):
-        if ours in scores and other in scores:
-            parts = [f"{label} {verdict(paired(scores, ours, other, metric), sign)}"
+        if OURS in scores and other in scores:
+            parts = [f"{label} {verdict(paired(scores, OURS, other, metric), sign)}"
                      for label, metric, sign in (("MedQuAD answer NLL drop", "medquad_nll", -1),
                                                  ("ROUGE-L", "medquad_rougeL", 1),
                                                  ("own-voice drop", "own_voice_nll", -1))]  # fmt: skip
             lines.append(f"- against {other}: " + "; ".join(parts) + ".")
-    lines += ["", "## The alphas merge_alpha: auto chose (validation only: medical NLL drop + own-voice drop)", ""]
-    for point in points:
+    return lines
+
+
+def answers_and_alphas(scores: dict, tests: dict) -> list[str]:
+    """The alphas merging chose, seed by seed, and the first 3 MedQuAD answers of every model (seed 0)."""
+    lines = ["## The alphas merge_alpha: auto chose (validation only: medical NLL drop + own-voice drop)", ""]
+    for point in scores:
         for seed, v in scores[point].items():
             if "merge" in v:
                 grid = ", ".join(f"{a}: {g['trade']:+.3f}" for a, g in v["merge"]["grid"].items())
                 lines.append(f"- {point}, seed {seed}: alpha {v['merge']['alpha']:g} ({grid})")
     lines += ["", "## Greedy answers to the first 3 MedQuAD test questions (seed 0)", ""]
     for ex in tests["medquad"][:3]:
-        lines.append(f"**{ex.question}**")
-        lines.append("")
-        for point in points:
+        lines += [f"**{ex.question}**", ""]
+        for point in scores:
             answer = scores[point].get("0", next(iter(scores[point].values())))["answers"].get(ex.id, "")
             lines.append(f"- {point}: {' '.join(answer.split())[:240]}")
         lines.append("")
+    return lines
+
+
+def report(out: Path, scores: dict, tests: dict, run: dict) -> str:
+    """report.md; `run`: {"seeds", "command", "seconds", "note"}."""
+    note, seconds = run.get("note"), run.get("seconds")
+    lines = [
+        "# ICFT that keeps what the model knew (issue 36): demo scale", "", f"`{run['command']}`", "",
+        *([note, ""] if note else []),
+        f"configs/demo-real.yaml (SmolLM2-135M-Instruct, 60 steps of batch 4, LoRA r=8 on attention), seeds "
+        f"{run['seeds']}. Test: {len(tests['medquad'])} held-out MedQuAD items (reference answers), "
+        f"{N_GENERAL_TEST} held-out general instructions (own voice: the untrained model's greedy answers, "
+        f"{NEW_TOKENS} tokens), never in the stage-0 memory nor its validation probe "
+        f"({tests['n_general_train']} general instructions left for training to draw 64 + 20 from).", "",
+        "Changes against the untrained model, higher = better (NLL drops in nats per answer token), mean "
+        "[95% paired bootstrap interval over items and seeds]; **bold** where it excludes 0. Stock openers: greedy "
+        "MedQuAD answers whose first 80 characters hold a ChatDoctor stock phrase, per seed.", "",
+        *main_table(scores), "", "## The new design against LoRA x0.5 and today's ICFT (paired, same items and seeds)",
+        "", *against_table(scores), "", *answers_and_alphas(scores, tests),
+    ]  # fmt: skip
     if seconds:
         lines.append("Training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".")
     text = "\n".join(lines) + "\n"
@@ -389,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--note" in shown:  # the note is printed under the command, not inside it
         del shown[shown.index("--note") : shown.index("--note") + 2]
     command = "python benchmarks/self_memory.py " + " ".join(shown)
-    print(report(out, scores, tests, seeds, command, seconds, args.note))
+    print(report(out, scores, tests, {"seeds": seeds, "command": command, "seconds": seconds,
+                                      "note": args.note}))
     return 0
 
 

@@ -27,6 +27,8 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlparse
 
+from icft.tables import cell, markdown
+
 MAX_CLIENTS, MAX_SECONDS = 64, 600
 QUESTIONS = [
     "What is asthma?", "What are the first-line tests for type 2 diabetes?", "I have had a cough for three weeks.",
@@ -135,14 +137,11 @@ def secs(x: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| clients | requests | requests/s | tokens/s | p50 | p95 | p99 | errors | 503s (queue full) |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
-    lines = [
-        f"| {f['clients']} | {f['requests']} | {f['requests_per_s']:.2f} | {f['tokens_per_s']:.1f} | "
-        f"{secs(f['p50_s'])} | {secs(f['p95_s'])} | {secs(f['p99_s'])} | {f['errors']} | {f['busy_503']} |"
-        for f in rows
-    ]
-    return "\n".join([head, *lines])
+    header = ["clients", "requests", "requests/s", "tokens/s", "p50", "p95", "p99", "errors", "503s (queue full)"]
+    cells = [[str(f["clients"]), str(f["requests"]), cell(f["requests_per_s"], 2), cell(f["tokens_per_s"], 1),
+              secs(f["p50_s"]), secs(f["p95_s"]), secs(f["p99_s"]), str(f["errors"]), str(f["busy_503"])]
+             for f in rows]  # fmt: skip
+    return "\n".join(markdown(header, cells))
 
 
 def main() -> None:

@@ -1,12 +1,19 @@
-"""Training throughput: a plain HF Trainer + peft LoRA loop against `icft train`.
+"""Training throughput: HF Trainer + peft LoRA against `icft train`.
 
-Same model, data, batch size, sequence length and optimizer steps for all three:
-  (1) hf_trainer_lora: transformers.Trainer + peft LoRA, supervised (prompt-masked) fine-tuning
-  (2) icft_plain:      icft train with curriculum and memory off (all stages mixed, no pacing)
-  (3) icft_full:       icft train with the full method (pacing, STM/LTM replay share 0.25, consistency)
+Same model, data, batch size, sequence length and optimizer steps for every loop:
+  hf        transformers.Trainer + peft LoRA, supervised (prompt-masked) fine-tuning, padded random batches
+  hf-best   the same at HF's best documented setting for this job: its padding-free collator
+            (DataCollatorWithFlattening: each batch one row, position ids restarting per example, which
+            transformers' SDPA attention keeps apart), or with --hf-best group_by_length its length-grouped
+            sampler (train_sampling_strategy="group_by_length")
+  plain     icft train with curriculum and memory off (all stages mixed, no pacing)
+  full      icft train with the full method (pacing, STM/LTM replay share 0.25, consistency)
+Both icft loops pack each micro-batch into one row (train.packing, the default); --no-packing pads them.
 Tokens/s counts the non-padding tokens that went through the model, over the wall time of training
 (model loading excluded; for icft, memory consolidation and checkpointing included, stage evaluation off).
-All three use the prompt template the model's tokenizer calls for (chat for SmolLM2).
+All use the prompt template the model's tokenizer calls for (chat for SmolLM2). --data names the training
+files (default the bundled curriculum; the real benchmark's is runs/real-smollm2/data/train.jsonl, written
+by benchmarks/real_smollm2.py).
 
 Each loop runs in a process of its own, so its peak resident memory (and peak GPU memory) is its own. With
 `--repeats N` the three loops run N times in turn (1 2 3 1 2 3 ...): on a machine shared with other jobs
@@ -15,12 +22,15 @@ median tokens/s with its range, and each ratio's median and range over the repea
 within one repeat).
 
     python benchmarks/train_throughput.py --steps 100 --json throughput.json
-    python benchmarks/train_throughput.py --model smollm2-135m-instruct --steps 4 --batch-size 8 --repeats 3
+    python benchmarks/train_throughput.py --model smollm2-135m-instruct --steps 30 --batch-size 8 --repeats 3
+    python benchmarks/train_throughput.py --model smollm2-135m-instruct --steps 30 --batch-size 8 --repeats 3 \
+        --max-length 256 --data runs/real-smollm2/data/train.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -29,12 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from icft import tables  # noqa: E402
 from icft.config import load_config  # noqa: E402
 from icft.data.formatting import prompt_and_target, resolve_template  # noqa: E402
 from icft.data.sources import load_data  # noqa: E402
@@ -44,9 +56,13 @@ from icft.models import SMOLLM2, extra_trainable_modules, load_model, lora_targe
 from icft.recipes.train import train  # noqa: E402
 
 
-def hf_trainer_lora(name: str, steps: int, batch_size: int, max_length: int, lr: float, seed: int) -> float:
+def hf_trainer_lora(run: Loop, best: str | None = None) -> float:
+    """tokens/s of HF Trainer; `best`: "flatten" (padding-free collator) or "group_by_length" (sampler)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
+
+    name, steps, batch_size, max_length, lr, seed = (run.model, run.steps, run.batch_size, run.max_length, run.lr,
+                                                     run.seed)  # fmt: skip
 
     model, tokenizer = load_model(name)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, task_type="CAUSAL_LM",
@@ -54,13 +70,18 @@ def hf_trainer_lora(name: str, steps: int, batch_size: int, max_length: int, lr:
                                              modules_to_save=extra_trainable_modules(model) or None))  # fmt: skip
     template = resolve_template(tokenizer, "auto")  # what icft train uses by default
     sequences = [encode_pair(tokenizer, *prompt_and_target(ex, tokenizer, template), max_length, template=template)
-                 for ex in load_data(["bundled:train"])]  # fmt: skip
-    dataset = [{"input_ids": s.input_ids, "labels": s.labels} for s in sequences]
+                 for ex in load_data(run.data)]  # fmt: skip
+    dataset = [{"input_ids": s.input_ids, "labels": s.labels, "length": len(s.input_ids)} for s in sequences]
     seen = {"tokens": 0}
+    flatten = DataCollatorWithFlattening()
 
     def collator(features):
-        batch = collate([type(sequences[0])(f["input_ids"], f["labels"]) for f in features], tokenizer.pad_token_id)
-        seen["tokens"] += int(batch["attention_mask"].sum())
+        if best == "flatten":
+            batch = flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        else:
+            rows = [type(sequences[0])(f["input_ids"], f["labels"]) for f in features]
+            batch = collate(rows, tokenizer.pad_token_id)
+        seen["tokens"] += sum(len(f["input_ids"]) for f in features)
         return batch
 
     with tempfile.TemporaryDirectory(prefix="hf-throughput-") as out:
@@ -68,6 +89,7 @@ def hf_trainer_lora(name: str, steps: int, batch_size: int, max_length: int, lr:
                                  learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=int(0.05 * steps),
                                  save_strategy="no", logging_strategy="no", report_to=[], seed=seed,
                                  dataloader_num_workers=0, remove_unused_columns=False,
+                                 train_sampling_strategy="group_by_length" if best == "group_by_length" else "random",
                                  use_cpu=not torch.cuda.is_available())  # fmt: skip
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
         start = time.perf_counter()
@@ -75,10 +97,12 @@ def hf_trainer_lora(name: str, steps: int, batch_size: int, max_length: int, lr:
         return seen["tokens"] / (time.perf_counter() - start)
 
 
-def icft_tps(name: str, steps: int, batch_size: int, max_length: int, lr: float, seed: int, full: bool) -> float:
-    settings = [f"model.name={name}", f"model.max_length={max_length}", f"train.max_steps={steps}",
-                f"train.batch_size={batch_size}", f"train.lr={lr}", f"train.seed={seed}", f"train.save_every={steps}",
-                "train.eval_max_examples=0", "train.log_every=10"]  # fmt: skip
+def icft_tps(run: Loop, full: bool) -> float:
+    settings = [f"model.name={run.model}", f"model.max_length={run.max_length}", f"train.max_steps={run.steps}",
+                f"train.batch_size={run.batch_size}", f"train.lr={run.lr}", f"train.seed={run.seed}",
+                f"train.save_every={run.steps}", "train.eval_max_examples=0", "train.log_every=10",
+                f"train.packing={str(run.packing).lower()}", f"data.train=[{', '.join(run.data)}]",
+                "data.validation=[]", "data.validation_split=0.0"]  # fmt: skip
     if full:
         settings += ["memory.enabled=true", "memory.ltm_replay=0.25"]
     else:
@@ -89,16 +113,32 @@ def icft_tps(name: str, steps: int, batch_size: int, max_length: int, lr: float,
 
 
 LOOPS = {
-    "hf": "(1) HF Trainer + peft LoRA",
-    "plain": "(2) icft train, curriculum and memory off",
-    "full": "(3) icft train, full ICFT (replay 0.25)",
+    "hf": "(1) HF Trainer + peft LoRA, padded",
+    "hf-best": "(2) HF Trainer + peft LoRA, best setting",
+    "plain": "(3) icft train, curriculum and memory off",
+    "full": "(4) icft train, full ICFT (replay 0.25)",
 }
 
 
-def run_loop(loop: str, common: tuple) -> float:
-    if loop == "hf":
-        return hf_trainer_lora(*common)
-    return icft_tps(*common, full=loop == "full")
+@dataclass(frozen=True)
+class Loop:
+    """What every loop trains: the same model, data, steps and batch."""
+
+    model: str
+    data: list[str]
+    steps: int
+    batch_size: int
+    max_length: int
+    lr: float
+    seed: int
+    packing: bool = True
+    hf_best: str = "flatten"
+
+
+def run_loop(loop: str, run: Loop) -> float:
+    if loop.startswith("hf"):
+        return hf_trainer_lora(run, run.hf_best if loop == "hf-best" else None)
+    return icft_tps(run, full=loop == "full")
 
 
 def peak_memory() -> dict[str, float]:
@@ -130,7 +170,11 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="run the three loops this many times, in turn")
+    parser.add_argument("--repeats", type=int, default=1, help="run the loops this many times, in turn")
+    parser.add_argument("--data", nargs="+", default=["bundled:train"], help="training files (default: bundled)")
+    parser.add_argument("--no-packing", action="store_true", help="icft pads its batches instead of packing")
+    parser.add_argument("--hf-best", choices=("flatten", "group_by_length"), default="flatten")
+    parser.add_argument("--loops", default=",".join(LOOPS), help=f"which loops, comma-separated ({', '.join(LOOPS)})")
     parser.add_argument("--json", help="write each loop's runs and the medians here")
     parser.add_argument("--loop", choices=LOOPS, help=argparse.SUPPRESS)  # internal: one loop, in a child process
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -139,38 +183,43 @@ def main() -> int:
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
             return 2
-    common = (args.model, args.steps, args.batch_size, args.max_length, args.lr, args.seed)
+    run = Loop(args.model, args.data, args.steps, args.batch_size, args.max_length, args.lr, args.seed,
+               not args.no_packing, args.hf_best)  # fmt: skip
     if args.loop:
-        Path(args.result).write_text(json.dumps({"tokens_per_s": run_loop(args.loop, common), **peak_memory()}))
+        Path(args.result).write_text(json.dumps({"tokens_per_s": run_loop(args.loop, run), **peak_memory()}))
         return 0
-
-    argv = sys.argv[1:]
-    runs: dict[str, list[dict]] = {loop: [] for loop in LOOPS}
+    loops = [loop for loop in LOOPS if loop in args.loops.split(",")]
+    runs: dict[str, list[dict]] = {loop: [] for loop in loops}
     for _ in range(args.repeats):
-        for loop in LOOPS:
-            runs[loop].append(in_child(loop, argv))
-    tps = {loop: [r["tokens_per_s"] for r in runs[loop]] for loop in LOOPS}
-    plain_ratio = [p / h for p, h in zip(tps["plain"], tps["hf"])]
-    full_ratio = [f / p for f, p in zip(tps["full"], tps["plain"])]
-    print(f"\n{args.model}, {args.steps} steps, batch {args.batch_size}, max length {args.max_length}, "
+        for loop in loops:
+            runs[loop].append(in_child(loop, sys.argv[1:]))
+    print(f"\n{args.model} on {', '.join(args.data)}, {args.steps} steps, batch {args.batch_size}, max length "
+          f"{args.max_length}, icft {'padded' if args.no_packing else 'packed'}, HF best: {args.hf_best}, "
           f"{torch.get_num_threads()} threads, {args.repeats} repeat(s): median (min-max)")  # fmt: skip
-    gpu = torch.cuda.is_available()
-    print("| loop | tokens/s | ratio | peak RSS MiB |" + (" peak GPU MiB |" if gpu else ""))
-    print("|---|---|---|---|" + ("---|" if gpu else ""))
-    ratios = {"hf": "1.00", "plain": spread(plain_ratio, 2) + " x (1)", "full": spread(full_ratio, 2) + " x (2)"}
-    for loop, label in LOOPS.items():
-        memory = [r["peak_rss_mib"] for r in runs[loop]]
-        row = f"| {label} | {spread(tps[loop])} | {ratios[loop]} | {spread(memory)} |"
-        print(row + (f" {spread([r['peak_gpu_mib'] for r in runs[loop]])} |" if gpu else ""))
+    print("\n".join(table(runs)))
     if args.json:
-        result = {f"{loop}_runs": runs[loop] for loop in LOOPS}
-        result.update({
-            "hf_trainer_lora_tps": statistics.median(tps["hf"]), "icft_plain_tps": statistics.median(tps["plain"]),
-            "icft_full_tps": statistics.median(tps["full"]), "plain_over_hf": plain_ratio,
-            "full_over_plain": full_ratio,
-        })  # fmt: skip
-        write_json(args.json, result)
+        write_json(args.json, {"setting": dataclasses.asdict(run), "runs": runs, "ratios": ratios(runs)})
     return 0
+
+
+def ratios(runs: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """Each loop's tokens/s over each reference's, repeat by repeat (a ratio is taken within one repeat)."""
+    tps = {loop: [r["tokens_per_s"] for r in rows] for loop, rows in runs.items()}
+    pairs = [("plain", "hf"), ("plain", "hf-best"), ("full", "plain"), ("hf-best", "hf")]
+    return {f"{a}/{b}": [x / y for x, y in zip(tps[a], tps[b])] for a, b in pairs if a in tps and b in tps}
+
+
+def table(runs: dict[str, list[dict]]) -> list[str]:
+    gpu = torch.cuda.is_available()
+    header = ["loop", "tokens/s", "peak RSS MiB", *(["peak GPU MiB"] if gpu else [])]
+    rows = []
+    for loop, records in runs.items():
+        row = [LOOPS[loop], spread([r["tokens_per_s"] for r in records]), spread([r["peak_rss_mib"] for r in records])]
+        rows.append(row + ([spread([r["peak_gpu_mib"] for r in records])] if gpu else []))
+    lines = tables.markdown(header, rows)
+    lines += ["", *tables.markdown(["ratio", "median (min-max)"],
+                                   [[name, spread(values, 2)] for name, values in ratios(runs).items()])]  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":

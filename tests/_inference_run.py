@@ -7,7 +7,6 @@ here, in a module every inference test imports: the first caller trains it, the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -44,15 +43,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, data:
     root = tmp_path_factory.mktemp("inference-run")
     pairs = tiny_settings(model_dir, data, **{"train.log_every": 3, "train.save_every": 6, "memory.ltm_capacity": 12})
     args = [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
-    old = os.environ.get("ICFT_CACHE")
-    os.environ["ICFT_CACHE"] = str(root / "cache")
-    try:
-        assert main(["train", *args, "--output-dir", str(root / "run")]) == 0
-    finally:
-        if old is None:
-            os.environ.pop("ICFT_CACHE", None)
-        else:
-            os.environ["ICFT_CACHE"] = old
+    assert main(["train", *args, "--output-dir", str(root / "run")]) == 0
     _RUN["run"] = root / "run"
     return _RUN["run"]
 
@@ -83,7 +74,5 @@ def train_plain_run_on_chat_model(root: Path, chat_tokenizer, staged_data, max_l
              "train.batch_size": 4, "train.save_every": 3, "train.eval_max_examples": 2,
              "memory.ltm_capacity": 6, "memory.stm_capacity": 4}  # fmt: skip
     args = [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ICFT_CACHE", str(root / "cache"))
-        assert main(["train", *args, "--output-dir", str(root / "run")]) == 0
+    assert main(["train", *args, "--output-dir", str(root / "run")]) == 0
     return root / "run"

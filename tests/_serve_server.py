@@ -1,4 +1,5 @@
-"""`icft serve` as a real subprocess on a free loopback port, for the tests/test_serve_*.py modules.
+"""`icft serve` as a real subprocess on a free loopback port, for the tests/test_serve_*.py modules (and
+`asgi_call`, a request straight into the app in-process).
 
 The model is a random-weight Llama (2 layers, width 32) whose context is 2048 tokens, so that an answer can be
 made long enough to drop, stop or time out mid-way, and whose weights are large enough (initializer_range 0.2)
@@ -59,30 +60,36 @@ class Server:
         still running when a test acts on it, on a fast machine too."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / f"server-{self.port}.log"
+        self.log = folder / f"server-{self.port}.log"  # stdout
+        self.err = folder / f"server-{self.port}.err"  # stderr: the request lines, warnings and errors
         args = ["serve", "--model", str(model), "--model-name", "tiny", "--port", str(self.port), *extra]
         cmd = paced_icft(pace, *args) if pace else [sys.executable, "-m", "icft", *args]
         if retrieve:
             cmd += ["--knowledge", str(knowledge_file(folder)), "--retrieve", "2"]
-        with self.log.open("w") as out:
+        with self.log.open("w") as out, self.err.open("w") as err:
             # one thread: a width-32 model gains nothing from two, and on a busy machine two threads that wait
             # for each other make each token ten times slower
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail("server exited: " + self.log.read_text()[-3000:])
+                pytest.fail("server exited: " + self.output()[-3000:])
             try:
                 if request(f"{self.url}/health")[0] == 200:
                     return
             except OSError:  # not listening yet
                 time.sleep(0.3)
         self.proc.kill()
-        pytest.fail("server did not start: " + self.log.read_text()[-3000:])
+        pytest.fail("server did not start: " + self.output()[-3000:])
 
     def output(self) -> str:
-        return self.log.read_text()
+        """What it printed, stdout then stderr."""
+        return self.log.read_text() + self.err.read_text()
+
+    def errors(self) -> str:
+        """What it wrote to stderr: one line per request answered, besides warnings and errors."""
+        return self.err.read_text()
 
     def stop(self) -> None:
         os.kill(self.proc.pid, signal.SIGTERM)
@@ -102,3 +109,33 @@ def request(
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), json.loads(error.read() or b"{}")
+
+
+def asgi_call(app, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+    """(status, body) of one request sent straight into an ASGI app, in this process; the client never hangs up."""
+    import asyncio
+
+    data = json.dumps(body).encode() if body is not None else b""
+
+    async def go() -> tuple[int, bytes]:
+        sent: list[dict] = []
+        received = False
+
+        async def receive() -> dict:
+            nonlocal received
+            if received:  # the body was read: the next message would be the disconnect, which never comes
+                await asyncio.sleep(3600)
+            received = True
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        headers = [(b"host", b"127.0.0.1:8000")] + ([(b"content-type", b"application/json")] if body else [])
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": headers, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}  # fmt: skip
+        await asyncio.wait_for(app(scope, receive, send), 120)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    return asyncio.run(go())

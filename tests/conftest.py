@@ -12,6 +12,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The icft home the tests start from: the embedded model's one conversion is kept there and shared.
+_HOME = Path(os.environ.get("ICFT_HOME") or Path.home() / ".cache" / "icft")
+
+
+@pytest.fixture(autouse=True)
+def icft_home(tmp_path_factory, monkeypatch) -> Path:
+    """Each test gets an ICFT_HOME of its own, so a difficulty score cached by one test never answers another;
+    its models/ links to the shared one, so SmolLM2's GGUF is converted once, not per test."""
+    home = tmp_path_factory.mktemp("icft-home")  # not in tmp_path: tests list what they write there
+    (_HOME / "models").mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(_HOME / "models", target_is_directory=True)
+    monkeypatch.setenv("ICFT_HOME", str(home))
+    return home
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    """Records as JSON lines, the folder made if need be (tests import it: `from conftest import write_jsonl`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +57,14 @@ def tiny_llama_dir(tmp_path_factory, bert_tokenizer) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     bert_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_dir):
+    """(model, tokenizer) of tiny_llama_dir, loaded once per test module (tests may change its mode)."""
+    from icft.models import load_model
+
+    return load_model(str(tiny_llama_dir))
 
 
 @pytest.fixture(scope="session")

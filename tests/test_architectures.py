@@ -134,7 +134,6 @@ def test_lora_backward_generate_and_merge(name, model_dirs):
 def test_icft_train_with_memory(name, model_dirs, staged_data, tmp_path, monkeypatch, capsys):
     from icft.cli import main
 
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
     train, val = staged_data
     pairs = {
         "model.name": model_dirs[name], "model.max_length": 48, "data.train": f"[{train}]",

@@ -6,6 +6,7 @@ import io
 from itertools import permutations
 
 import pytest
+from _tables import read_text
 
 from icft.data.schema import YES_NO_MAYBE, Example
 from icft.evaluation.baselines import (
@@ -130,14 +131,18 @@ def test_print_table_shows_baselines_next_to_the_model():
     result = EvalResult(metrics={"accuracy": 0.5, "macro_f1": 0.4, "preference_accuracy": 1.0}, n_examples=3)
     out = io.StringIO()
     print_table({"f.jsonl": result}, file=out, examples={"f.jsonl": items})
-    lines = out.getvalue().splitlines()
-    assert lines[2].startswith("f.jsonl ")
-    assert [line.split()[0] for line in lines[3:6]] == ["f.jsonl"] * 3
-    assert "[random]" in lines[3] and "[majority]" in lines[4] and "[position-prior]" in lines[5]
+    text = out.getvalue()
+    rows = read_text(text)
+    baselines = ("random", "majority", "position-prior")
+    assert [r["file"] for r in rows] == ["f.jsonl", *(f"f.jsonl [{b}]" for b in baselines)]
+    by_file = {r["file"]: r for r in rows}
+    assert float(by_file["f.jsonl"]["accuracy"]) == 0.5 and float(by_file["f.jsonl"]["macro_f1"]) == 0.4
+    assert float(by_file["f.jsonl [random]"]["preference_accuracy"]) == 0.5
     # under the table, what each baseline is (issue 38: "majority" alone did not say it is chosen on these items)
-    assert [line.split()[0] for line in lines[6:]] == ["[random]", "[majority]", "[position-prior]"]
-    assert "chosen on these items" in lines[7]
-    assert "0.5000" in lines[3]  # random preference accuracy
+    legend = text.splitlines()[2 + len(rows) :]
+    assert [line.split()[0] for line in legend] == ["[random]", "[majority]", "[position-prior]"]
+    assert "chosen on these items" in legend[1]
     plain = io.StringIO()
     print_table({"f.jsonl": result}, file=plain)
+    assert [r["file"] for r in read_text(plain.getvalue())] == ["f.jsonl"]  # no baselines without the items
     assert len(plain.getvalue().splitlines()) == 3

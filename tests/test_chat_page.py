@@ -150,6 +150,30 @@ def test_chat_streams_shows_facts_stops_and_starts_over(page, server):
     assert "kb-aspirin" in answers(page).nth(0).locator(".facts").text_content()
 
 
+def test_the_page_says_when_no_fact_passed_the_floor(page, server):
+    """The served model has no relevance floor, so the page is played a stream whose facts all fell below one, built
+    from the server's own response models."""
+    from icft.inference.generate import Completion
+    from icft.inference.serve.responses import Reply, event
+
+    reply = Reply(chat=True, model="tiny")
+    done = Completion("Paris.", 12, 2, "stop", unmet_floor=0.35)
+    stream = [reply.chunk("", role="assistant"), reply.chunk("Paris."), reply.chunk(None, "stop", done)]
+    body = "".join(event(chunk) for chunk in stream) + "data: [DONE]\n\n"
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(status=200, body=body,
+                                                                      content_type="text/event-stream"))  # fmt: skip
+    page.goto(server.url)
+    page.get_by_label("API key").fill(KEY)
+    page.get_by_role("button", name="Connect").click()
+    page.get_by_label("Your question").wait_for()
+    ask(page, "Who won the 1950 World Cup?", 5)
+    answer = answers(page).nth(0)
+    answer.locator(".run").wait_for()
+    assert answer.locator(".text").text_content() == "Paris."
+    assert "No fact passed the floor 0.35" in answer.locator(".memory").text_content()
+    assert answer.locator(".facts").count() == 0
+
+
 def test_usable_at_a_phone_width(browser, server):
     context = browser.new_context(viewport={"width": 360, "height": 740}, device_scale_factor=2, is_mobile=True)
     page = context.new_page()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,19 @@ from icft.evaluation.report import (
 )
 from icft.recipes import compare as C
 from icft.recipes.compare import METHOD_OVERRIDES, method_config
+
+
+def table(text: str | list[str], header: str) -> dict[str, dict[str, str]]:
+    """The markdown table whose first header cell is `header`, parsed: {row name: {column: cell}}."""
+    lines = text.splitlines() if isinstance(text, str) else text
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header} |"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        block.append([c.strip() for c in line.strip().removeprefix("|").removesuffix("|").split(" | ")])
+    columns, rows = block[0], block[2:]  # block[1] is the rule
+    return {r[0]: dict(zip(columns[1:], r[1:])) for r in rows}
 
 
 def test_methods_are_config_diffs_of_one_recipe():
@@ -72,16 +86,20 @@ def test_a_method_setting_a_key_the_config_lacks_is_refused(monkeypatch):
         method_config(load_config(), "telepathy", 0)
 
 
-def test_test_files_are_reported_under_short_names():
+def test_test_files_are_reported_under_short_names(tmp_path):
     assert C.test_label("bundled:test-retention") == "retention" and C.test_label("bundled:test") == "test"
     assert C.test_label("/data/pubmedqa.jsonl") == "pubmedqa"
     config = load_config(None, ["compare.test=[bundled:test-unseen, bundled:test-retention]",
                                 "compare.max_test_examples=2"])  # fmt: skip
-    sets = C.test_sets(config)
+    sets = C.test_sets(config, tmp_path)
     assert list(sets) == ["unseen", "retention"]
-    assert all(ex.meta["split"] == "test-unseen" for ex in sets["unseen"])
-    assert all(ex.meta["split"] == "test-retention" for ex in sets["retention"])
-    assert sets == C.test_sets(config)  # the same sample every time: items pair across methods
+    assert all(ex.meta["split"] == "test-unseen" for ex in sets["unseen"][1])
+    assert all(ex.meta["split"] == "test-retention" for ex in sets["retention"][1])
+    assert sets == C.test_sets(config, tmp_path)  # the same sample every time: items pair across methods
+    # an entry with settings is a set too; its own label wins, and a bare path is an entry with defaults
+    named = load_config(None, ["compare.test=[{path: bundled:test-unseen, label: held, answers: 0}]"])
+    assert list(C.test_sets(named, tmp_path)) == ["held"] and named.compare.test[0].answers == 0
+    assert config.compare.test[0].path == "bundled:test-unseen" and config.compare.test[0].answers is None
 
 
 def _point(config: RunConfig, method: str, seed: int, **kw) -> C.Point:
@@ -102,9 +120,11 @@ def test_run_status_and_what_train_run_does(tmp_path, monkeypatch):
     (interrupted / "checkpoints" / "step-00004").mkdir(parents=True)
     (died / "checkpoints").mkdir(parents=True)  # a run that died before its first checkpoint
     folders = C.plan(cfg, points, out)
-    assert [status for _, status in folders.values()] == ["finished", "trained", "interrupted", "new", "new"]
-    for folder, (_, status) in list(folders.items())[1:]:
-        C.train_run(cfg, folder, status)
+    assert [C.run_status(folder) for folder in folders] == ["finished", "trained", "interrupted", "new", "new"]
+    assert [lacks for _, lacks in folders.values()] == [[], ["test"], ["train", "test"], ["train", "test"],
+                                                        ["train", "test"]]  # fmt: skip
+    for folder in list(folders)[1:]:
+        C.train_run(cfg, folder, C.run_status(folder))
     assert calls == [True, False, False]  # trained: no training; interrupted: resume; new: from scratch
 
 
@@ -114,13 +134,17 @@ def test_a_run_tested_on_other_files_is_tested_again(tmp_path):
     folder = C.run_dir(tmp_path, point)
     folder.mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({"tested_on": C.tested_on(cfg)}))
-    assert C.point_status(cfg, point, folder) == "finished"
+    assert C.todo(cfg, point, folder) == []
     other = load_config(None, ["compare.max_test_examples=5"])
-    assert C.point_status(other, _point(other, "icft", 0), folder) == "trained"
+    assert C.todo(other, _point(other, "icft", 0), folder) == ["test"]
+    # A WiSE-FT point is one more thing a tested LoRA run can lack; the untrained model has none.
+    wise = load_config(None, ["compare.wise_alphas=[0.5]"])
+    assert C.todo(wise, _point(wise, "icft", 0), folder) == ["wise 0.5"]  # its test results are still valid
+    assert C.wise_alphas(wise, _point(wise, "base", 0)) == []
     # A selection point needs training only: a trained folder is done for it.
     (folder / "result.json").unlink()
     (folder / "summary.json").write_text("{}")
-    assert C.point_status(cfg, _point(cfg, "icft", 0, tested=False, scale=1.0), folder) == "finished"
+    assert C.todo(cfg, _point(cfg, "icft", 0, tested=False, scale=1.0), folder) == []
 
 
 def test_plan_says_what_it_keeps_and_resumes(tmp_path, capsys):
@@ -169,12 +193,13 @@ def test_per_item_rouge_averages_to_the_reported_rouge():
 
 def test_file_summary_keeps_every_item(tiny_llama_dir, staged_data):
     from icft.data.loaders import load_examples
-    from icft.evaluation.evaluate import evaluate_examples
+    from icft.data.prompt_format import PromptFormat
+    from icft.evaluation.evaluate import EvalSettings, evaluate_examples
     from icft.runs import load_base
 
     model, tokenizer = load_base(str(tiny_llama_dir))
     examples = load_examples(staged_data[0]).examples
-    result = evaluate_examples(model, tokenizer, examples, max_length=48, max_new_tokens=8, progress=False)
+    result = evaluate_examples(model, PromptFormat(tokenizer, "plain", 48), examples, EvalSettings(max_new_tokens=8))
     metrics, items = C.file_summary(result)
     by_kind = {kind: {ex.id for ex in examples if ex.kind == kind} for kind in ("qa", "preference", "dialogue")}
     assert set(items) == {"accuracy", "preference_accuracy", "rougeL", "answer_nll"}
@@ -207,12 +232,13 @@ RESULTS = {
 
 
 def test_report_shows_seeds_baselines_and_files():
-    table = results_table(RESULTS)
-    assert "| metric | base | icft | random (trivial) | majority (trivial) |" in table
-    assert "| seeds (n) | 1 | 2 | – | – |" in table
-    assert "| MC accuracy (unseen) | 0.300 ± 0.000 | 0.600 ± 0.020 | 0.250 | 0.340 |" in table
-    assert "| recall of yes (unseen) | – | 0.500 ± 0.000 | – | 1.000 |" in table
-    assert table.index("(unseen)") < table.index("forgetting (val)")
+    text = results_table(RESULTS)
+    rows = table(text, "metric")
+    assert list(rows["seeds (n)"]) == ["base", "icft", "random (trivial)", "majority (trivial)"]
+    assert list(rows["seeds (n)"].values()) == ["1", "2", "–", "–"]
+    assert list(rows["MC accuracy (unseen)"].values()) == ["0.300 ± 0.000", "0.600 ± 0.020", "0.250", "0.340"]
+    assert list(rows["recall of yes (unseen)"].values()) == ["–", "0.500 ± 0.000", "–", "1.000"]
+    assert list(rows).index("MC accuracy (unseen)") < list(rows).index("forgetting (val)")
 
 
 def test_report_flags_methods_below_the_best_trivial_baseline():
@@ -244,9 +270,8 @@ def test_plain_words_name_only_the_methods_below_a_trivial_baseline():
 
 
 def test_difference_table_gives_interval_and_significance():
-    lines = difference_table(RESULTS)
-    assert lines[0] == "| ICFT minus | MC accuracy (unseen) |"
-    assert lines[2] == "| base | +0.300 [+0.200, +0.400] **yes** |"
+    rows = table(difference_table(RESULTS), "ICFT minus")
+    assert rows == {"base": {"MC accuracy (unseen)": "+0.300 [+0.200, +0.400] **yes**"}}
     assert difference_table({"methods": {}}) == ["(no ICFT run to compare with, or nothing paired)"]
 
 
@@ -258,8 +283,9 @@ def test_stage_one_is_shown_seed_by_seed_and_matrices_average_over_the_seeds_tha
     assert [row[0] for row in mean] == pytest.approx([0.7, 0.5, 0.5])
     assert [row[2] for row in mean] == pytest.approx([0.3, 0.3, 0.5])
     lines = first_stage_table({"lora-sequential": [seed0, seed1], "one-stage": [[[0.9]]]})
-    assert lines[-1] == ("| lora-sequential | 0.700 (0.600, 0.800) | 0.500 (0.400, 0.600) | 0.500 (0.500, 0.500) "
-                         "| -0.200 (-0.100, -0.300) |")  # fmt: skip
+    assert table(lines, "method")["lora-sequential"] == {
+        "after stage 1": "0.700 (0.600, 0.800)", "after stage 2": "0.500 (0.400, 0.600)",
+        "at the end": "0.500 (0.500, 0.500)", "end minus after stage 1": "-0.200 (-0.100, -0.300)"}  # fmt: skip
     assert "one-stage" not in "\n".join(lines)  # one stage: nothing after it to forget under
     assert first_stage_table({}) == []
 
@@ -280,7 +306,8 @@ def test_compare_runs_every_method_writes_report_and_resumes(tiny_llama_dir, sta
     out = tmp_path / "cmp"
     results = compare(config, out)
     saved = json.loads((out / "results.json").read_text())
-    assert saved.keys() == {"methods", "per_seed", "baselines", "statistics", "learning_rates"}
+    assert saved.keys() == {"methods", "per_seed", "baselines", "statistics", "learning_rates", "composites",
+                            "tuning"}
     assert saved["learning_rates"] == {"lora-sequential": config.train.lr, "icft": config.train.lr}
     assert saved["methods"].keys() == {"base", "lora-sequential", "icft"} == results["methods"].keys()
     for method in ("lora-sequential", "icft"):
@@ -299,8 +326,10 @@ def test_compare_runs_every_method_writes_report_and_resumes(tiny_llama_dir, sta
     assert diffs["base"]["validation/preference_accuracy"]["n_items"] == 3 and "forgetting" not in diffs["base"]
     assert saved["baselines"]["random"]["train/accuracy"] == 0.25
     report = (out / "report.md").read_text()
-    assert "| metric | base | lora-sequential | icft | random (trivial) |" in report
-    assert "| seeds (n) | 1 | 2 | 2 |" in report and "| ICFT minus |" in report and "- **icft**:" in report
+    main = table(report, "metric")
+    assert list(main["seeds (n)"])[:4] == ["base", "lora-sequential", "icft", "random (trivial)"]
+    assert list(main["seeds (n)"].values())[:3] == ["1", "2", "2"]
+    assert "| ICFT minus |" in report and "- **icft**:" in report
     for plot in ("learning_curves.png", "accuracy_matrices.png", "forgetting.png"):
         assert (out / plot).stat().st_size > 1000
 
@@ -316,14 +345,38 @@ def test_compare_runs_every_method_writes_report_and_resumes(tiny_llama_dir, sta
     assert again["per_seed"]["icft"]["1"]["train/accuracy"] == saved["per_seed"]["icft"]["1"]["train/accuracy"]
 
 
-def test_best_scale_takes_validation_accuracy_then_nll_and_breaks_ties_towards_the_configured_rate():
-    acc = {0.3: {"average_accuracy": 0.40, "average_nll": 3.0}, 1.0: {"average_accuracy": 0.45, "average_nll": 3.5},
-           3.0: {"average_accuracy": 0.50, "average_nll": 4.0}}  # fmt: skip
-    assert C.best_scale(acc) == 3.0
-    acc[1.0]["average_accuracy"] = 0.50
-    assert C.best_scale(acc) == 1.0  # a tie: the rate the config gives
-    nll = {0.5: {"average_accuracy": None, "average_nll": 2.0}, 2.0: {"average_accuracy": None, "average_nll": 1.5}}
-    assert C.best_scale(nll) == 2.0  # open-ended stages: lower answer NLL is better
+def test_best_try_takes_validation_accuracy_then_nll_and_breaks_ties_towards_the_configured_rate():
+    acc = {"x0.3": {"average_accuracy": 0.40, "average_nll": 3.0, "lr_scale": 0.3},
+           "x1": {"average_accuracy": 0.45, "average_nll": 3.5, "lr_scale": 1.0},
+           "x3": {"average_accuracy": 0.50, "average_nll": 4.0, "lr_scale": 3.0}}  # fmt: skip
+    assert C.best_try(acc, "average_accuracy") == "x3"
+    acc["x1"]["average_accuracy"] = 0.50
+    assert C.best_try(acc, "average_accuracy") == "x1"  # a tie: the rate the config gives
+    nll = {"x0.5": {"average_accuracy": None, "average_nll": 2.0, "lr_scale": 0.5},
+           "x2": {"average_accuracy": None, "average_nll": 1.5, "lr_scale": 2.0}}  # fmt: skip
+    assert C.best_try(nll, "average_accuracy") == "x2"  # open-ended stages: lower answer NLL is better
+    trades = {"": {"trade": 0.1}, "lr-x2": {"trade": 0.3}, "kl3": {"trade": 0.3}}
+    assert C.best_try(trades, "trade") == "lr-x2"  # the largest trade; a tie goes to the first try
+
+
+def test_a_try_is_the_method_plus_its_keys_and_an_unknown_key_is_refused():
+    config = load_config(None, ["train.lr=0.001", "compare.methods=[base, lora-kl-base, icft]",
+                                "compare.tries={lora-kl-base: {lr-x2: {lr_scale: 2.0}, kl3: {loss.kl_base: 3.0}}}"])
+    tries = [p for p in C.selection_points(config)]
+    assert [(p.method, p.tag, p.tested) for p in tries] == [("lora-kl-base", "", False),
+                                                            ("lora-kl-base", "lr-x2", False),
+                                                            ("lora-kl-base", "kl3", False)]  # fmt: skip
+    assert [p.cfg.train.lr for p in tries] == [0.001, 0.002, 0.001]
+    assert [p.cfg.loss.kl_base for p in tries] == [1.0, 1.0, 3.0]  # the try's key wins over the method's
+    assert len({p.hash for p in tries}) == 3 and C.run_dir(Path("o"), tries[2]).name.startswith("lora-kl-base-s0-kl3-")
+    bad = load_config(None, ["compare.methods=[icft]", "compare.tries={icft: {odd: {loss.telepathy: 1.0}}}"])
+    with pytest.raises(ConfigError, match="a try of 'icft' sets config key 'loss.telepathy'"):
+        C.check_inputs(bad, Path("o"))
+    with pytest.raises(ConfigError, match="compare.lr_scales' and 'compare.tries"):
+        load_config(None, ["compare.lr_scales=[1, 2]", "compare.tries={icft: {a: {lr_scale: 2.0}}}"])
+    with pytest.raises(ConfigError, match="trade needs an own-voice set"):
+        C.check_inputs(load_config(None, ["compare.criterion=trade", "compare.methods=[icft]",
+                                          "compare.tries={icft: {a: {lr_scale: 2.0}}}"]), Path("o"))  # fmt: skip
 
 
 def test_each_method_scales_its_own_rate_and_full_ft_its_own():
@@ -347,7 +400,7 @@ def test_the_selection_run_at_the_chosen_rate_is_the_first_seed_run(tmp_path):
         folder.mkdir(parents=True)
     assert [f.name.rsplit("-", 1)[0] for f in folders] == [f"lora-sequential-s0-x{s:g}" for s in (0.3, 1, 3)]
     for i, chosen in enumerate(selection):
-        seeded = C.seed_points(config, {"lora-sequential": chosen.cfg.train.lr})
+        seeded = C.seed_points(config, {"lora-sequential": chosen.tag})
         first, second = (C.run_dir(tmp_path, p) for p in seeded if p.method == "lora-sequential")
         assert first == folders[i] and second not in folders
 
@@ -365,11 +418,13 @@ def test_rates_are_chosen_from_the_selection_folders_alone(tmp_path):
     for p in C.selection_points(config):
         if p.method != "icft-no-pacing":  # lora-memory's config: the same folders
             _stage_eval(C.run_dir(tmp_path, p), accuracy[(p.method, p.scale)])
-    lrs, record = C.chosen_rates(config, tmp_path)
-    assert lrs == {"icft": 0.006, "full-ft": 0.0001, "icft-no-pacing": 0.0015, "lora-memory": 0.0015}
-    assert record["full-ft"] == {"chosen_scale": 0.5, "lr": 0.0001, "runs": {
-        "x0.5": {"lr": 0.0001, "average_accuracy": 0.6, "average_nll": 2.0},
-        "x2": {"lr": 0.0004, "average_accuracy": 0.5, "average_nll": 2.0}}}  # fmt: skip
+    chosen, record = C.chosen_tries(config, tmp_path)
+    assert chosen == {"icft": "x2", "full-ft": "x0.5", "icft-no-pacing": "x0.5", "lora-memory": "x0.5"}
+    assert {m: r["lr"] for m, r in record.items()} == {"icft": 0.006, "full-ft": 0.0001, "icft-no-pacing": 0.0015,
+                                                        "lora-memory": 0.0015}  # fmt: skip
+    assert record["full-ft"] == {"criterion": "average_accuracy", "chosen": "x0.5", "lr": 0.0001, "tries": {
+        "x0.5": {"lr": 0.0001, "lr_scale": 0.5, "average_accuracy": 0.6, "average_nll": 2.0},
+        "x2": {"lr": 0.0004, "lr_scale": 2, "average_accuracy": 0.5, "average_nll": 2.0}}}  # fmt: skip
     assert len(list((tmp_path / "runs").iterdir())) == 6
 
 
@@ -387,24 +442,28 @@ def test_compare_chooses_each_learning_rate_on_validation(tiny_llama_dir, staged
     ])  # fmt: skip
     out = tmp_path / "cmp"
     results = compare(config, out)
-    selection = json.loads((out / "lr_selection.json").read_text())["lora-sequential"]
-    assert set(selection["runs"]) == {"x0.1", "x10"}
-    chosen = C.best_scale({float(k[1:]): v for k, v in selection["runs"].items()})
-    assert selection["chosen_scale"] == chosen and selection["lr"] == pytest.approx(chosen * 0.003)
-    folders = {p.scale: C.run_dir(out, p) for p in C.selection_points(config)}
-    for scale, folder in folders.items():
-        assert selection["runs"][f"x{scale:g}"]["lr"] == pytest.approx(scale * 0.003)
-        assert folder.name.startswith(f"lora-sequential-s0-x{scale:g}-") and (folder / "stage_eval.json").exists()
+    selection = json.loads((out / "tuning.json").read_text())["lora-sequential"]
+    assert set(selection["tries"]) == {"x0.1", "x10"}
+    chosen = C.best_try(selection["tries"], "average_accuracy")
+    assert selection["chosen"] == chosen and selection["lr"] == pytest.approx(float(chosen[1:]) * 0.003)
+    folders = {p.tag: C.run_dir(out, p) for p in C.selection_points(config)}
+    for tag, folder in folders.items():
+        assert selection["tries"][tag]["lr"] == pytest.approx(float(tag[1:]) * 0.003)
+        assert folder.name.startswith(f"lora-sequential-s0-{tag}-") and (folder / "stage_eval.json").exists()
         # Only the chosen one is also the seed-0 run, and so tested; the other never reads test data.
-        assert (folder / "result.json").exists() == (scale == chosen)
-    seed0 = C.run_dir(out, C.seed_points(config, {"lora-sequential": selection["lr"]})[1])
+        assert (folder / "result.json").exists() == (tag == chosen)
+    seed0 = C.run_dir(out, C.seed_points(config, {"lora-sequential": chosen})[1])
     assert seed0 == folders[chosen] and len(list((out / "runs").iterdir())) == 3  # base, x0.1, x10
     assert load_config(seed0 / "config.yaml").train.lr == pytest.approx(results["learning_rates"]["lora-sequential"])
-    assert "chosen on validation from x0.1, x10" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "chosen on validation by average_accuracy from x0.1, x10" in report
+    tuning = table(report, "method")  # the tuning table: one row per try
+    assert [(row["try"], row["chosen"]) for row in [tuning["lora-sequential"]]] == [("x10", "yes" if chosen == "x10"
+                                                                                     else "")]  # fmt: skip
     written = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
     compare(config, out)  # again: every run is kept, none retrained or retested
     assert {p: p.stat().st_mtime_ns for p in written} == written
-    assert json.loads((out / "lr_selection.json").read_text())["lora-sequential"] == selection
+    assert json.loads((out / "tuning.json").read_text())["lora-sequential"] == selection
 
 
 def test_ablations_run_fewer_seeds_and_no_pacing_shares_the_lora_memory_runs(tiny_llama_dir, staged_data, tmp_path,
@@ -432,4 +491,36 @@ def test_ablations_run_fewer_seeds_and_no_pacing_shares_the_lora_memory_runs(tin
     item_diffs = {m: [d for d in diffs[m].values() if d["n_items"]] for m in ("icft-no-stm", "lora-memory")}
     assert item_diffs["icft-no-stm"] and all(d["n_seeds"] == 1 for d in item_diffs["icft-no-stm"])
     assert item_diffs["lora-memory"] and all(d["n_seeds"] == 2 for d in item_diffs["lora-memory"])
-    assert "| seeds (n) | 2 | 2 | 1 | 1 |" in (out / "report.md").read_text()
+    main = table((out / "report.md").read_text(), "metric")
+    seeds = {column: n for column, n in main["seeds (n)"].items() if "(trivial)" not in column}
+    assert seeds == {"lora-memory": "2", "icft": "2", "icft-no-stm": "1", "icft-no-pacing": "1"}
+
+
+def test_composites_pool_the_marked_sets_and_pair_against_base_and_the_reference():
+    from icft.config import EvalSet
+    from icft.evaluation.report import composite_table, composites, trade_figures
+
+    def run(medical: list[float], voice: float) -> dict:
+        return {"a": {"answer_nll": {"1": medical[0]}}, "b": {"answer_nll": {"2": medical[1]}},
+                "v": {"answer_nll": {"x": voice, "y": voice}}, "other": {"answer_nll": {"z": 9.0}}}  # fmt: skip
+
+    items = {"base": {0: run([2.0, 2.0], 1.0), 1: run([2.0, 2.0], 1.0)},
+             "icft": {0: run([1.5, 1.7], 1.2), 1: run([1.5, 1.7], 1.2)},
+             "lora-sequential": {0: run([1.4, 1.6], 1.5), 1: run([1.4, 1.6], 1.5)}}  # fmt: skip
+    sets = {"a": EvalSet(path="a", content=True), "b": EvalSet(path="b", content=True),
+            "v": EvalSet(path="v", own_voice=True), "other": EvalSet(path="other")}  # fmt: skip
+    found = composites(items, sets, "icft")
+    assert found["vs_base"]["icft"]["content"]["mean"] == pytest.approx(0.4)  # (0.5 + 0.3) / 2, "other" left out
+    assert found["vs_base"]["icft"]["own_voice"]["mean"] == pytest.approx(-0.2)  # forgetting: negative
+    assert found["vs_base"]["lora-sequential"]["own_voice"]["significant"]
+    assert found["vs_reference"]["lora-sequential"]["content"]["mean"] == pytest.approx(-0.1)
+    assert found["vs_reference"]["lora-sequential"]["own_voice"]["mean"] == pytest.approx(0.3)
+    assert "icft" not in found["vs_reference"] and composites(items, {"other": EvalSet(path="o")}, "icft") == {}
+    rows = table(composite_table({"composites": found, "per_seed": {"icft": {"0": {}, "1": {}}}}), "method")
+    assert rows["icft"]["seeds"] == "2" and rows["icft"]["icft − method: own-voice NLL drop"] == "–"
+    assert rows["lora-sequential"]["own-voice NLL drop vs base"] == "**-0.500 [-0.500, -0.500]**"
+    # the trade of a try on validation: both drops against the untrained model, items pooled per role
+    roles = {"a": {"content": True, "own_voice": False}, "v": {"content": False, "own_voice": True}}
+    base = {"roles": roles, "items": {"a": {"answer_nll": {"1": 2.0, "2": 3.0}}, "v": {"answer_nll": {"x": 1.0}}}}
+    tried = {"roles": roles, "items": {"a": {"answer_nll": {"1": 1.0, "2": 2.0}}, "v": {"answer_nll": {"x": 1.5}}}}
+    assert trade_figures(tried, base) == pytest.approx({"content_nll_drop": 1.0, "own_voice_drop": -0.5, "trade": 0.5})

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # the migration tool is not installed: it runs fr
     sys.path.insert(0, str(ROOT))
 from tools.migrate_compare import migrate  # noqa: E402
 
-REPORT = ("results.json", "report.md", "lr_selection.json")
+REPORT = ("results.json", "report.md", "tuning.json")
 
 
 @pytest.fixture
@@ -40,11 +40,11 @@ def runs(monkeypatch) -> dict[str, list]:
         (run_dir / "metrics.jsonl").write_text("")
         write_json(run_dir / "summary.json", {"trainable_params": 10, "wall_s": 1.0})
 
-    def evaluate_run(config: RunConfig, point: C.Point, folder) -> dict[str, float]:
+    def evaluate_run(config: RunConfig, point: C.Point, folder, lacks=None) -> dict[str, float]:
         calls["tested"].append(folder.name)
         folder.mkdir(parents=True, exist_ok=True)
         metrics, items = {}, {}
-        for label, examples in C.test_sets(config).items():
+        for label, (_, examples) in C.test_sets(config, folder.parents[1]).items():
             # a hit or a miss that depends on the run's config and the item: methods differ, seeds differ
             hits = {ex.id: zlib.crc32(f"{folder.name}{ex.id}".encode()) % 2 for ex in examples if ex.options}
             items[label] = {"accuracy": hits}

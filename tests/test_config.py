@@ -10,8 +10,8 @@ from icft.errors import ConfigError
 from icft.runs import config_hash
 
 TRAIN_KEYS = ("batch_size, eval_every, eval_max_examples, grad_accum, gradient_checkpointing, log_every, lr, "
-              "max_grad_norm, max_steps, merge_alpha, merge_grid, mixed_precision, save_every, seed, warmup_ratio, "
-              "weight_decay")  # fmt: skip
+              "max_grad_norm, max_steps, merge_alpha, merge_grid, mixed_precision, packing, save_every, seed, "
+              "warmup_ratio, weight_decay")  # fmt: skip
 
 # (--set values, the whole message): the messages of the hand-written checks pydantic replaced, word for word.
 MESSAGES = [

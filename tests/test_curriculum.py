@@ -12,6 +12,7 @@ import pytest
 from icft.curriculum import (
     SCORERS,
     CompetenceSampler,
+    ModelLoss,
     Stage,
     attach_difficulty,
     competence,
@@ -187,22 +188,6 @@ def test_normalise_ranks_with_ties_and_outliers():
 # ---------------------------------------------------------------------------------------- model loss
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from icft.models import embedded_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config), tokenizer
-
-
 class ExplodingModel:
     def __getattr__(self, name):
         raise AssertionError(f"the model was used ({name}) despite a cache hit")
@@ -232,23 +217,21 @@ def test_difficulty_scores_cache_hit_skips_the_model(tiny_llama, tmp_path):
     model, tokenizer = tiny_llama
     examples = qa_examples()
     weights = {"length": 1.0, "rarity": 0.5, "model_loss": 2.0}
-    first = difficulty_scores(examples, weights, model, tokenizer, cache_dir=tmp_path, model_name="tiny")
+    first = difficulty_scores(examples, weights, ModelLoss(model, tokenizer, "tiny"), cache_dir=tmp_path)
     assert first.shape == (len(examples),) and first.min() >= 0.0 and first.max() <= 1.0
     assert [p.suffix for p in tmp_path.iterdir()] == [".npy"]  # no temporary file left behind
-    again = difficulty_scores(
-        examples, weights, ExplodingModel(), ExplodingModel(), cache_dir=tmp_path, model_name="tiny"
-    )
+    exploding = ModelLoss(ExplodingModel(), ExplodingModel(), "tiny")
+    again = difficulty_scores(examples, weights, exploding, cache_dir=tmp_path)
     np.testing.assert_array_equal(first, again)
     # Other text, weights or model name: a different key, so the model is needed again.
-    for changed in (
-        dict(examples=examples[:-1] + [text("o", "changed")], weights=weights, model_name="tiny"),
-        dict(examples=examples, weights={**weights, "rarity": 1.0}, model_name="tiny"),
-        dict(examples=examples, weights=weights, model_name="other"),
+    other_model = ModelLoss(ExplodingModel(), ExplodingModel(), "other")
+    for changed_examples, changed_weights, scorer in (
+        (examples[:-1] + [text("o", "changed")], weights, exploding),
+        (examples, {**weights, "rarity": 1.0}, exploding),
+        (examples, weights, other_model),
     ):
         with pytest.raises(AssertionError, match="cache hit"):
-            difficulty_scores(
-                model=ExplodingModel(), tokenizer=ExplodingModel(), cache_dir=tmp_path, **changed
-            )
+            difficulty_scores(changed_examples, changed_weights, scorer, cache_dir=tmp_path)
 
 
 def test_difficulty_scores_weighted_mean_of_normalised_scores():

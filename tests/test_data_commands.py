@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 
 from icft.data_commands import percentile, stats, validate
 
@@ -14,11 +15,6 @@ SHARED = Path(__file__).parents[2] / "shared" / "data"
 QA = {"id": "q1", "kind": "qa", "source": "quiz", "question": "Q?", "options": ["a", "b"], "answer": 0}
 TEXT = {"id": "t1", "kind": "text", "source": "notes", "text": "one two three"}
 
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(autouse=True)

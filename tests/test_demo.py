@@ -18,8 +18,7 @@ TINY = ["train.max_steps=3", "train.batch_size=4", "model.max_length=48", "train
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
+def _quiet(monkeypatch):
     monkeypatch.setenv("ICFT_QUIET", "1")
 
 

@@ -11,17 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tables import read_text
+from conftest import write_jsonl
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.modeling_utils import slice_logits_to_keep
 
 from icft.data.formatting import candidates
+from icft.data.kinds import choice_type, is_question, kind_of
+from icft.data.prompt_format import PromptFormat
 from icft.data.schema import Example
 from icft.data.tokenize import encode_pair
 from icft.evaluation import metrics as M
-from icft.evaluation.commands import eval_command
-from icft.evaluation.evaluate import evaluate_examples, format_table, perplexity
+from icft.evaluation.commands import EvalRequest, eval_command
+from icft.evaluation.evaluate import EvalSettings, evaluate_examples, format_table, perplexity
 from icft.evaluation.generation import generate_answers
-from icft.likelihood import eval_batches
+from icft.likelihood import ScoreSettings, eval_batches
 
 nan = float("nan")
 
@@ -95,13 +99,6 @@ def test_continual_learning_metrics():
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    from icft.models import load_model
-
-    return load_model(str(tiny_llama_dir))
-
-
-@pytest.fixture(scope="module")
 def minilm():
     from icft.models import MINILM_DECODER, load_model
 
@@ -136,7 +133,7 @@ class OracleLM(torch.nn.Module):
 def gold_sequences(tokenizer, examples: list[Example]) -> list[list[int]]:
     seqs = []
     for ex in examples:
-        if ex.kind == "text":
+        if not kind_of(ex).asks:  # plain text: the whole text is the target
             seqs.append(encode_pair(tokenizer, "", ex.text, 512, add_eos=False).input_ids)
         else:
             prompt, cands, gold = candidates(ex)
@@ -166,7 +163,7 @@ def choice_examples() -> list[Example]:
 def shuffled(ex: Example) -> Example:
     """The same example with a wrong answer marked as gold."""
     ex = copy.deepcopy(ex)
-    if ex.kind == "preference":
+    if choice_type(ex) == "preference":
         ex.chosen, ex.rejected = ex.rejected, ex.chosen
     else:
         ex.answer = (ex.answer + 1) % len(ex.options)
@@ -182,25 +179,26 @@ def test_oracle_scores_everything_right_and_shuffled_answers_wrong(tiny_llama):
     examples = choice_examples()
     oracle = OracleLM(model, gold_sequences(tokenizer, examples))
 
-    right = evaluate_examples(oracle, tokenizer, examples, progress=False)
+    fmt = PromptFormat(tokenizer)
+    right = evaluate_examples(oracle, fmt, examples)
     assert {k: right.metrics[k] for k in ("accuracy", "accuracy_norm", "macro_f1", "preference_accuracy")} == {
         "accuracy": 1.0, "accuracy_norm": 1.0, "macro_f1": 1.0, "preference_accuracy": 1.0}  # fmt: skip
     assert right.errors == []
     assert set(right.accuracy_by.values()) == {1.0}
 
-    wrong = evaluate_examples(oracle, tokenizer, [shuffled(ex) for ex in examples], progress=False)
+    wrong = evaluate_examples(oracle, fmt, [shuffled(ex) for ex in examples])
     assert wrong.metrics["accuracy"] == 0.0 and wrong.metrics["accuracy_norm"] == 0.0
     assert wrong.metrics["preference_accuracy"] == 0.0
     assert len(wrong.errors) == len(examples)
     # each error names the (shuffled) gold and what the model picked: the original right answer
     for ex, error in zip(examples, wrong.errors):
-        original = ex.options[ex.answer] if ex.kind == "qa" else ex.chosen
+        original = kind_of(ex).answer(ex)
         assert (error["id"], error["predicted"]) == (ex.id, original)
         assert error["gold"] != original and error["tier"] == ex.meta["tier"]
 
     # only tier 1 shuffled: the breakdown must tell the tiers apart
     half = [shuffled(ex) if ex.meta["tier"] == 1 else ex for ex in examples]
-    mixed = evaluate_examples(oracle, tokenizer, half, progress=False)
+    mixed = evaluate_examples(oracle, fmt, half)
     assert mixed.accuracy_by["tier=1"] == 0.0 and mixed.accuracy_by["tier=2"] == 1.0
     assert mixed.accuracy_by["kind=qa"] == 0.5 and mixed.accuracy_by["source=pubmedqa"] == 0.5
     assert mixed.metrics["accuracy"] == 0.5
@@ -212,7 +210,7 @@ def test_scoring_keeps_a_prompt_that_fits(tiny_llama):
     model, tokenizer = tiny_llama
     prompt = " ".join(f"step {i}" for i in range(60))  # 120 varied tokens (the random model must see them)
     target = " yes"  # 121 tokens in all, well within max_length=200
-    [score] = score_pairs(model, tokenizer, [(prompt, target)], max_length=200)
+    [score] = score_pairs(model, tokenizer, [(prompt, target)], ScoreSettings(max_length=200))
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
@@ -258,7 +256,7 @@ PROMPTS = [
 def test_generation_is_bounded_and_leaves_the_tokenizer_alone(tiny_llama):
     model, tokenizer = tiny_llama
     model.train()
-    answers = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=5, batch_size=2)
+    answers = generate_answers(model, PromptFormat(tokenizer), PROMPTS, max_new_tokens=5, batch_size=2)
     assert len(answers) == len(PROMPTS) and all(isinstance(a, str) for a in answers)
     assert all(len(a.split()) <= 5 for a in answers)
     assert tokenizer.padding_side == "right" and model.training
@@ -269,8 +267,9 @@ def test_generation_is_bounded_and_leaves_the_tokenizer_alone(tiny_llama):
 def test_batched_generation_matches_one_by_one(which, request):
     # Left padding must not shift positions: the BERT decoder's absolute position embeddings would show it.
     model, tokenizer = request.getfixturevalue(which)
-    batched = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3)
-    alone = [generate_answers(model, tokenizer, [p], max_new_tokens=6)[0] for p in PROMPTS]
+    fmt = PromptFormat(tokenizer)
+    batched = generate_answers(model, fmt, PROMPTS, max_new_tokens=6, batch_size=3)
+    alone = [generate_answers(model, fmt, [p], max_new_tokens=6)[0] for p in PROMPTS]
     assert batched == alone
     assert any(batched)
 
@@ -282,7 +281,7 @@ def test_generation_stops_at_eos(minilm):
     try:
         with torch.no_grad():
             bias[tokenizer.eos_token_id] = 1e4  # the model now always says [SEP] first
-        assert generate_answers(model, tokenizer, PROMPTS, max_new_tokens=5) == ["", "", ""]
+        assert generate_answers(model, PromptFormat(tokenizer), PROMPTS, max_new_tokens=5) == ["", "", ""]
     finally:
         with torch.no_grad():
             bias.copy_(saved)
@@ -290,7 +289,8 @@ def test_generation_stops_at_eos(minilm):
 
 def test_long_prompt_is_cut_from_the_start(minilm):
     model, tokenizer = minilm  # 512 positions: without cutting, this would fail
-    answers = generate_answers(model, tokenizer, ["word " * 600 + "\nAnswer:"], max_new_tokens=4, max_length=4096)
+    fmt = PromptFormat(tokenizer, max_length=4096)
+    answers = generate_answers(model, fmt, ["word " * 600 + "\nAnswer:"], max_new_tokens=4)
     assert len(answers) == 1
 
 
@@ -308,12 +308,9 @@ def test_metric_keys_per_kind(tiny_llama):
 
     model, tokenizer = tiny_llama
     examples = [Example.from_dict(r) for r in staged_records(4)]  # every kind, three stages
-    by_kind = {
-        "text": [ex for ex in examples if ex.kind == "text"],
-        "mc": [ex for ex in examples if ex.kind == "qa"],
-        "preference": [ex for ex in examples if ex.kind == "preference"],
-        "dialogue": [ex for ex in examples if ex.kind == "dialogue"],
-    }
+    by_kind = {"text": [], "mc": [], "preference": [], "dialogue": []}
+    for ex in examples:  # the staged records' qa items are all multiple choice
+        by_kind["mc" if is_question(ex) else ex.kind].append(ex)
     ynm = Example.from_dict({"id": "y", "kind": "qa", "source": "pubmedqa", "question": "Does it work?",
                              "options": ["yes", "no", "maybe"], "answer": 0})  # fmt: skip
     open_qa = Example.from_dict({"id": "o", "kind": "qa", "source": "medquad", "question": "What is gout?",
@@ -325,25 +322,28 @@ def test_metric_keys_per_kind(tiny_llama):
         "preference": {"preference_accuracy", "accuracy_by", "answer_nll"},
         "dialogue": generated | {"embedding_similarity", "answer_nll"},
     }
-    run = dict(embedder=ConstantEmbedder(), max_new_tokens=4, progress=False)
+    fmt, settings, embedder = PromptFormat(tokenizer), EvalSettings(max_new_tokens=4), ConstantEmbedder()
     for kind, exs in by_kind.items():
-        result = evaluate_examples(model, tokenizer, exs, **run)
+        result = evaluate_examples(model, fmt, exs, settings, embedder)
         assert set(result.metrics) == expected[kind], kind
         assert result.n_examples == len(exs)
     # a yes/no/maybe item adds macro-F1 and the recall of each gold label present (here only "yes")
-    assert set(evaluate_examples(model, tokenizer, [ynm], **run).metrics) == expected["mc"] | {"macro_f1", "recall_yes"}
-    result = evaluate_examples(model, tokenizer, [open_qa], max_new_tokens=4, progress=False)
+    ynm_metrics = evaluate_examples(model, fmt, [ynm], settings, embedder).metrics
+    assert set(ynm_metrics) == expected["mc"] | {"macro_f1", "recall_yes"}
+    result = evaluate_examples(model, fmt, [open_qa], settings)
     assert set(result.metrics) == generated | {"answer_nll"}  # no embedder, no embedding similarity
-    everything = evaluate_examples(model, tokenizer, examples, **run)
+    everything = evaluate_examples(model, fmt, examples, settings, embedder)
     assert set(everything.metrics) == set().union(*expected.values())
     assert {"stage=general", "kind=qa", "kind=preference"} <= set(everything.accuracy_by)
     assert everything.metrics["embedding_similarity"] == pytest.approx(1.0)
     assert 0 <= everything.metrics["mean_length"] <= 4
-    text_only = evaluate_examples(model, tokenizer, by_kind["text"], progress=False)
-    table = format_table({"all.jsonl": everything, "text.jsonl": text_only})
-    lines = table.splitlines()
-    assert lines[0].split()[:4] == ["file", "n", "accuracy", "accuracy_norm"]
-    assert lines[3].startswith("text.jsonl") and " - " in lines[3]  # metrics a file lacks are shown as '-'
+    text_only = evaluate_examples(model, fmt, by_kind["text"])
+    rows = read_text(format_table({"all.jsonl": everything, "text.jsonl": text_only}))
+    assert list(rows[0])[:4] == ["file", "n", "accuracy", "accuracy_norm"]  # the registry's order
+    assert [r["file"] for r in rows] == ["all.jsonl", "text.jsonl"]
+    assert float(rows[0]["accuracy"]) == pytest.approx(everything.metrics["accuracy"], abs=5e-5)
+    assert rows[1]["accuracy"] == "-"  # metrics a file lacks are shown as '-'
+    assert float(rows[1]["perplexity"]) == pytest.approx(text_only.metrics["perplexity"], abs=5e-5)
 
 
 def test_evaluate_files_reads_each_file(tiny_llama, tmp_path):
@@ -351,9 +351,9 @@ def test_evaluate_files_reads_each_file(tiny_llama, tmp_path):
 
     model, tokenizer = tiny_llama
     (tmp_path / "a").mkdir()
-    first = write_jsonl(tmp_path / "a" / "same.jsonl", choice_examples()[:3])
-    second = write_jsonl(tmp_path / "other.jsonl", choice_examples()[8:])
-    results = evaluate_files(model, tokenizer, [first, second], max_examples=2, progress=False)
+    first = write_examples(tmp_path / "a" / "same.jsonl", choice_examples()[:3])
+    second = write_examples(tmp_path / "other.jsonl", choice_examples()[8:])
+    results = evaluate_files(model, PromptFormat(tokenizer), [first, second], max_examples=2)
     assert list(results) == ["same.jsonl", "other.jsonl"]
     assert results["same.jsonl"].n_examples == 2 and set(results["other.jsonl"].metrics) == {
         "preference_accuracy", "accuracy_by", "answer_nll"}  # fmt: skip
@@ -368,9 +368,9 @@ def test_items_are_the_per_example_results_the_metrics_average(tiny_llama):
 
     model, tokenizer = tiny_llama
     examples = [Example.from_dict(r) for r in staged_records(4)]  # every kind
-    result = evaluate_examples(model, tokenizer, examples, max_new_tokens=4, progress=False)
+    result = evaluate_examples(model, PromptFormat(tokenizer), examples, EvalSettings(max_new_tokens=4))
     assert [r["id"] for r in result.items] == [ex.id for ex in examples]
-    nll = answer_nll(model, tokenizer, [prompt_and_target(ex) for ex in examples], max_length=512)
+    nll = answer_nll(model, tokenizer, [prompt_and_target(ex) for ex in examples], ScoreSettings(max_length=512))
     assert [r["answer_nll"] for r in result.items] == pytest.approx(nll)
     assert result.metrics["answer_nll"] == pytest.approx(sum(nll) / len(nll))
     hits = [r["hit"] for r in result.items if r["kind"] == "preference"]
@@ -398,38 +398,37 @@ def test_embedding_similarity_with_the_real_sentence_model():
 # icft eval
 
 
-def write_jsonl(path: Path, examples: list[Example]) -> Path:
-    path.write_text("".join(json.dumps(ex.to_dict()) + "\n" for ex in examples))
-    return path
+def write_examples(path: Path, examples: list[Example]) -> Path:
+    return write_jsonl(path, [ex.to_dict() for ex in examples])
 
 
 def test_eval_command_rejects_bad_data(tmp_path, capsys):
     missing = tmp_path / "missing.jsonl"
-    assert eval_command(None, None, [str(missing)], None) == 2
+    assert eval_command(EvalRequest([str(missing)])) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.jsonl" in err and "no such file" in err
     assert "Traceback" not in err
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "kind": "qa", "source": "s", "question": "Q?", "answer": "A"}\n{"id": "b", "kind"\n')
-    assert eval_command(None, None, [str(bad)], None) == 2
+    assert eval_command(EvalRequest([str(bad)])) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.jsonl:2" in err and "invalid JSON" in err
     assert "Traceback" not in err
 
 
 def test_eval_command_rejects_bad_run_dir_and_model(tmp_path, capsys):
-    data = str(write_jsonl(tmp_path / "d.jsonl", choice_examples()[:1]))
-    assert eval_command(str(tmp_path / "no-run"), None, [data], None) == 2
+    data = str(write_examples(tmp_path / "d.jsonl", choice_examples()[:1]))
+    assert eval_command(EvalRequest([data], run_dir=str(tmp_path / "no-run"))) == 2
     assert "not a run folder (no such folder)" in capsys.readouterr().err
     (tmp_path / "run").mkdir()
-    assert eval_command(str(tmp_path / "run"), None, [data], None) == 2
+    assert eval_command(EvalRequest([data], run_dir=str(tmp_path / "run"))) == 2
     assert "config.yaml" in capsys.readouterr().err
     (tmp_path / "run" / "config.yaml").write_text("model:\n  name: x\n")
-    assert eval_command(str(tmp_path / "run"), None, [data], None) == 2
+    assert eval_command(EvalRequest([data], run_dir=str(tmp_path / "run"))) == 2
     err = capsys.readouterr().err
     assert "adapter not found" in err and "Traceback" not in err
-    assert eval_command(None, str(tmp_path / "no-model"), [data], None) == 2
+    assert eval_command(EvalRequest([data], model=str(tmp_path / "no-model"))) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: could not load model") and "Traceback" not in err
 
@@ -446,12 +445,13 @@ def test_eval_command_on_a_run_writes_json_and_errors(tiny_llama_dir, tmp_path, 
     (run / "config.yaml").write_text(f"model:\n  name: {tiny_llama_dir}\n")
     turns = [{"role": "user", "content": "My knee hurts."}, {"role": "assistant", "content": "Rest it."}]
     dialogue = Example.from_dict({"id": "d", "kind": "dialogue", "source": "chat", "turns": turns})
-    mc = write_jsonl(tmp_path / "mc.jsonl", [*choice_examples(), dialogue])
+    mc = write_examples(tmp_path / "mc.jsonl", [*choice_examples(), dialogue])
     out = tmp_path / "out" / "scores.json"
 
-    assert eval_command(str(run), None, [str(mc)], str(out), batch_size=8) == 0
+    assert eval_command(EvalRequest([str(mc)], run_dir=str(run), json_path=str(out), batch_size=8)) == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines()[0].split()[:3] == ["file", "n", "accuracy"] and "mc.jsonl" in printed
+    table = {row["file"]: row for row in read_text(printed)}
+    assert list(table["mc.jsonl"])[:3] == ["file", "n", "accuracy"] and table["mc.jsonl"]["n"] == "11"
     scores = json.loads(out.read_text())
     assert set(scores) == {"mc.jsonl"}
     assert scores["mc.jsonl"]["n_examples"] == 11
@@ -461,8 +461,9 @@ def test_eval_command_on_a_run_writes_json_and_errors(tiny_llama_dir, tmp_path, 
     floors = scores["mc.jsonl"]["baselines"]
     assert set(floors) == {"random", "majority", "position-prior"}
     assert floors["random"]["preference_accuracy"] == pytest.approx(0.5)
+    assert float(table["mc.jsonl"]["accuracy"]) == pytest.approx(scores["mc.jsonl"]["accuracy"], abs=5e-5)
     for name, values in floors.items():
-        assert f"mc.jsonl [{name}]" in printed and 0.0 <= values["accuracy"] <= 1.0
+        assert float(table[f"mc.jsonl [{name}]"]["accuracy"]) == pytest.approx(values["accuracy"], abs=5e-5)
     errors = [json.loads(x) for x in (out.parent / "scores.errors.jsonl").read_text().splitlines()]
     n_wrong = round(10 - 8 * scores["mc.jsonl"]["accuracy"] - 2 * scores["mc.jsonl"]["preference_accuracy"])
     assert len(errors) == n_wrong and all(e["file"] == "mc.jsonl" for e in errors)
@@ -474,7 +475,8 @@ def test_single_token_candidates_share_a_pass_and_score_the_same(tiny_llama):
     model, tokenizer = tiny_llama
     prompt = "Question: is the sky blue?\nAnswer:"
     pairs = [(prompt, " yes"), (prompt, " no"), (prompt, " maybe"), (prompt, " it depends on the weather")]
-    grouped = score_pairs(model, tokenizer, pairs, max_length=64)
-    one_by_one = [score_pairs(model, tokenizer, [pair], max_length=64)[0] for pair in pairs]
+    settings = ScoreSettings(max_length=64)
+    grouped = score_pairs(model, tokenizer, pairs, settings)
+    one_by_one = [score_pairs(model, tokenizer, [pair], settings)[0] for pair in pairs]
     assert grouped == pytest.approx(one_by_one, abs=1e-5)
     assert len(set(round(x, 4) for x in grouped)) == 4

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tables import read_markdown, read_text
 
 from icft.data.loaders import load_examples
 from icft.data.schema import DataError, Example
 from icft.data_commands import validate
-from icft.evaluation.commands import eval_command, floor_lines
+from icft.evaluation.commands import EvalRequest, eval_command, floor_lines
 from icft.evaluation.evaluate import EvalResult, print_table
 
 
@@ -55,7 +56,9 @@ def test_the_table_says_what_each_baseline_is():
     out = io.StringIO()
     print_table({"f.jsonl": EvalResult(metrics={"rougeL": 0.2}, n_examples=3)}, file=out, examples={"f.jsonl": items})
     text = out.getvalue()
-    assert "f.jsonl [majority]" in text and "[majority]  the best constant answer, chosen on these items" in text
+    rows = {row["file"]: row for row in read_text(text)}
+    assert float(rows["f.jsonl"]["rougeL"]) == pytest.approx(0.2) and "f.jsonl [majority]" in rows
+    assert "[majority]  the best constant answer, chosen on these items" in text
 
 
 @pytest.fixture
@@ -80,14 +83,15 @@ def test_eval_of_a_run_with_base_and_show(tiny_run, tmp_path, capsys):
     records.append(qa_record(9, answer="word " * 400))  # longer than the run's 96 tokens: cut, and said so
     data = write_lines(tmp_path / "mine.jsonl", [json.dumps(r) for r in records])
 
-    assert eval_command(str(tiny_run), None, [str(data)], None, batch_size=4, base=True, show=2) == 0
+    request = EvalRequest([str(data)], run_dir=str(tiny_run), batch_size=4, base=True, show=2)
+    assert eval_command(request) == 0
     captured = capsys.readouterr()
     out, err = captured.out, captured.err
-    assert out.splitlines()[0].split()[:2] == ["file", "n"]  # the table comes first, on a clean line
+    assert out.startswith("file ") and read_text(out)[0]["n"] == "9"  # the table comes first, on a clean line
     assert "\r" not in out and "eval: loading run" not in err and "eval: mine.jsonl: 9 items" in err
-    assert "the run against its untrained base model" in out
-    paired = [line for line in out.splitlines() if line.startswith("mine.jsonl ") and "[" in line and "," in line]
-    assert any("accuracy" in line for line in paired) and any("answer_nll (lower=better)" in line for line in paired)
+    paired = {row["metric"]: row for row in read_text(out[out.index("the run against its untrained base model"):])}
+    assert {"accuracy", "answer_nll (lower=better)"} <= set(paired)
+    assert all(row["file"] == "mine.jsonl" for row in paired.values())
     assert "inputs are cut to 96 tokens (the run's model.max_length" in out and "1 of 9 items are longer" in out
     assert "2 generated answers beside their references" in out and out.count("    reference: ") == 2
     assert out.count("    base:      ") == 2
@@ -96,15 +100,19 @@ def test_eval_of_a_run_with_base_and_show(tiny_run, tmp_path, capsys):
     assert f"wrote {written}" in out
     record = json.loads(written.read_text())["mine.jsonl"]
     assert record["settings"] == {"max_length": 96, "n_cut": 1} and "base" in record and "accuracy" in record["paired"]
+    # the printed change and its interval are the ones written
+    change = record["paired"]["accuracy"]
+    expected = f"{change['change']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+    assert paired["accuracy"]["change [95% interval]"] == expected
     items = [json.loads(x) for x in (tiny_run / "eval-mine.items.jsonl").read_text().splitlines()]
     assert len(items) == 9 and "answer" in items[0] and "reference" in items[0] and "base" in items[0]
 
 
 def test_eval_options_are_checked_before_any_model_loads(tmp_path, capsys):
     data = str(write_lines(tmp_path / "d.jsonl", [json.dumps(qa_record(0))]))
-    assert eval_command(None, "smollm2-135m-instruct", [data], None, base=True) == 2
+    assert eval_command(EvalRequest([data], model="smollm2-135m-instruct", base=True)) == 2
     assert "--base compares a run with its untrained base model" in capsys.readouterr().err
-    assert eval_command(None, "smollm2-135m-instruct", [data], None, max_length=4) == 2
+    assert eval_command(EvalRequest([data], model="smollm2-135m-instruct", max_length=4)) == 2
     assert "--max-length must be >= 16" in capsys.readouterr().err
 
 
@@ -140,11 +148,12 @@ def test_scoring_batches_stay_within_the_token_budget(tiny_llama_dir, monkeypatc
             return _original(model, sequences, chunk, *args)
 
         monkeypatch.setattr(L, name, spy)
-    wide = L.answer_nll(model, tokenizer, pairs, max_length=200, batch_size=32)
+    settings = L.ScoreSettings(max_length=200, batch_size=32)
+    wide = L.answer_nll(model, tokenizer, pairs, settings)
     n_wide, seen[:] = len(seen), []
     monkeypatch.setattr(L, "LOGIT_BUDGET_BYTES", 1)  # the 256-token floor
     assert L.token_budget(model) == 256
-    narrow = L.answer_nll(model, tokenizer, pairs, max_length=200, batch_size=32)
+    narrow = L.answer_nll(model, tokenizer, pairs, settings)
     assert max(seen) <= 256 and len(seen) > n_wide
     assert narrow == pytest.approx(wide, abs=1e-4)
 
@@ -227,7 +236,7 @@ def test_json_nested_too_deeply_is_one_line(tmp_path, capsys):
         load_examples(deep_json)
     assert validate([str(path)]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
-    assert eval_command(None, "smollm2-135m-instruct", [str(path)], None) == 2
+    assert eval_command(EvalRequest([str(path)], model="smollm2-135m-instruct")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "deep.jsonl:1: JSON nested too deeply" in err
 
@@ -252,7 +261,7 @@ def test_init_fits_small_data_and_computes_its_comments(tiny_llama_dir, tmp_path
     assert f"{plan.epochs:.2f} epochs of the 57 training examples" in text
     assert "overfitting" in text and "overfitting" in capsys.readouterr().out
     config = load_config(output)
-    assert config.compare.test == [str(test)] and config.memory.stm_capacity == plan.stm
+    assert [s.path for s in config.compare.test] == [str(test)] and config.memory.stm_capacity == plan.stm
     assert config.train.batch_size == plan.batch and config.train.max_steps == plan.steps
 
     big = fit_plan(15188, 3)  # the docs' example: about one epoch at batch 16, the old bounds
@@ -284,7 +293,7 @@ def test_one_message_for_not_a_run_folder(tmp_path, capsys):
     for folder, why in ((missing, "no such folder"), (empty, "no config.yaml in it")):
         expected = str(not_a_run(folder))
         assert expected == f"{folder}: not a run folder ({why}); give the folder icft train wrote, e.g. runs/<name>"
-        assert eval_command(str(folder), None, [data], None) == 2
+        assert eval_command(EvalRequest([data], run_dir=str(folder))) == 2
         assert capsys.readouterr().err.strip() == f"error: {expected}"
         assert main(["train", "--resume", str(folder)]) == 2
         assert capsys.readouterr().err.strip() == f"error: {expected}"
@@ -307,8 +316,10 @@ def test_model_card_reads_the_latest_eval_and_names_the_hub_id(tmp_path):
     new.write_text(json.dumps({"b.jsonl": {"rougeL": 0.2, "baselines": {"majority": {"rougeL": 0.25}}}}))
     os.utime(old, (1, 1))
     lines = _eval_lines(tmp_path)
-    assert "eval-new.json" in lines[0] and "rougeL 0.2000" in lines[0] and not any("eval-old" in x for x in lines)
-    assert "majority rougeL 0.2500" in lines[1]
+    assert "eval-new.json" in lines[0] and not any("eval-old" in x for x in lines)
+    rows = {row["file"]: row for row in read_markdown("\n".join(lines))}
+    assert list(rows) == ["b.jsonl", "b.jsonl [majority]"]
+    assert float(rows["b.jsonl"]["rougeL"]) == 0.2 and float(rows["b.jsonl [majority]"]["rougeL"]) == 0.25
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in _hub_id("smollm2-135m-instruct") and "Q4_1" in _hub_id(
         "smollm2-135m-instruct"
     )
@@ -323,7 +334,8 @@ def test_compare_ends_with_the_report_path(tmp_path, monkeypatch, capsys):
     for name in ("check_inputs", "run_grid", "save_config"):
         monkeypatch.setattr(C, name, lambda *a, **k: None)
     monkeypatch.setattr(C, "seed_points", lambda *a, **k: [])
-    monkeypatch.setattr(C, "chosen_rates", lambda *a, **k: ({}, None))
+    monkeypatch.setattr(C, "chosen_tries", lambda *a, **k: ({}, None))
+    monkeypatch.setattr(C, "prepare_own_voice", lambda *a, **k: None)
     monkeypatch.setattr(C, "report", lambda *a, **k: results)
     for name in ("results_table",):
         monkeypatch.setattr(C, name, lambda *a, **k: "")

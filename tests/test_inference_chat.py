@@ -47,6 +47,19 @@ def test_chat_loop_memory_reset_and_history(run):
     assert seen[1][0]["content"] == "Which is item 1?" and seen[2][0]["content"] == "Hello"
 
 
+def test_memory_says_when_no_fact_passed_the_floor(run):
+    engine = Engine.load(run=str(run), retrieve_k=2)
+    engine.retriever.min_score = 2.0  # above any cosine similarity: no fact passes
+    stdout = io.StringIO()
+    assert chat_command(engine, max_new_tokens=2, stdin=io.StringIO("Which is item 1?\n/memory\n"), stdout=stdout) == 0
+    assert "(no fact passed the floor 2 for the last answer)" in stdout.getvalue()
+
+    engine.retriever.min_score = -1.0  # below any: the two nearest facts are listed
+    stdout = io.StringIO()
+    chat_command(engine, max_new_tokens=2, stdin=io.StringIO("Which is item 1?\n/memory\n"), stdout=stdout)
+    assert "2. [" in stdout.getvalue() and "no fact passed" not in stdout.getvalue()
+
+
 def _icft(*args: str) -> list[str]:
     return [sys.executable, "-m", "icft", *args]
 

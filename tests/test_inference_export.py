@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from _inference_run import train_plain_run_on_chat_model, trained_run
+from _tables import read_markdown
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from icft.cli import main
@@ -75,10 +76,16 @@ def test_merged_embedded_default_loads_without_icft(minilm_run, tmp_path):
     assert (untrained - expected).abs().max().item() > 1e-2  # the adapter does change the model
 
     card = (out / "README.md").read_text()
-    for needed in ("Base model: `minilm-decoder`", "| after \\ on |", "forgetting", "Not a source of medical advice",
-                   "accuracy 0.5000", "## Run configuration", "training: ",
-                   "examples; by source: fixture-"):  # fmt: skip
+    for needed in ("Base model: `minilm-decoder`", "forgetting", "Not a source of medical advice",
+                   "## Run configuration", "training: ", "examples; by source: fixture-"):  # fmt: skip
         assert needed in card, needed
+    stage_eval = json.loads((minilm_run / "stage_eval.json").read_text())
+    matrix = read_markdown(card[card.index("## Curriculum results") :])
+    assert [row["after \\ on"] for row in matrix] == stage_eval["stages"]
+    for row, values in zip(matrix, stage_eval["accuracy_matrix"]):
+        assert [row[s] for s in stage_eval["stages"]] == ["-" if v is None else f"{v:.4f}" for v in values]
+    (evaluation,) = read_markdown(card[card.index("## Evaluation") :])
+    assert evaluation["file"] == "test.jsonl" and evaluation["n"] == "8" and float(evaluation["accuracy"]) == 0.5
     assert (out / "memory" / "memory.jsonl").read_text() == (minilm_run / "memory" / "memory.jsonl").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 

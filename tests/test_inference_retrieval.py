@@ -118,9 +118,9 @@ def test_fit_facts_cuts_context_never_the_question(bert_tokenizer):
 def test_retrieved_context_respects_max_length(run, bert_tokenizer, embedder):
     retriever = Retriever.from_sources(run / "memory", embedder=embedder)
     ex = qa("q", "Which is item 5 of the knowledge stage?", ["red", "green", "blue", "white"], 1)
-    (wide,), (wide_hits,) = add_retrieved_context([ex], retriever, 3, bert_tokenizer, max_length=512)
+    (wide,), (wide_hits,) = add_retrieved_context([ex], retriever, 3, PromptFormat(bert_tokenizer), max_length=512)
     assert len(wide_hits) == 3 and wide.context.split("\n") == [h.text for h in wide_hits]
-    (tight,), (tight_hits,) = add_retrieved_context([ex], retriever, 3, bert_tokenizer, max_length=40)
+    (tight,), (tight_hits,) = add_retrieved_context([ex], retriever, 3, PromptFormat(bert_tokenizer), max_length=40)
     assert len(tight_hits) < 3
     prompt, target = prompt_and_target(tight)
     pair = encode_pair(bert_tokenizer, prompt, target, 40, add_eos=False)
@@ -131,11 +131,11 @@ def test_retrieved_context_respects_max_length(run, bert_tokenizer, embedder):
 
 
 def test_eval_with_retrieval_reports_ids_and_scores(run, staged_data, tiny_llama_dir, tmp_path, capsys):
-    from icft.evaluation.commands import eval_command
+    from icft.evaluation.commands import EvalRequest, eval_command
 
     out = tmp_path / "eval.json"
-    code = eval_command(run_dir=str(run), model=None, data=[str(staged_data[0])], json_path=str(out),
-                        max_examples=16, retrieve=2, knowledge=[str(knowledge_file(tmp_path))])  # fmt: skip
+    code = eval_command(EvalRequest([str(staged_data[0])], run_dir=str(run), json_path=str(out), max_examples=16,
+                                    retrieve=2, knowledge=[str(knowledge_file(tmp_path))]))
     assert code == 0
     errors = [json.loads(line) for line in (tmp_path / "eval.errors.jsonl").read_text().splitlines()]
     assert errors, "a tiny random model gets some of these wrong"
@@ -143,8 +143,7 @@ def test_eval_with_retrieval_reports_ids_and_scores(run, staged_data, tiny_llama
         assert 1 <= len(error["retrieved"]) <= 2
         assert all({"id", "score", "source"} <= set(hit) and -1 <= hit["score"] <= 1 for hit in error["retrieved"])
         assert error["id"] not in [hit["id"] for hit in error["retrieved"]]
-    assert eval_command(run_dir=None, model=str(tiny_llama_dir), data=[str(staged_data[1])], json_path=None,
-                        retrieve=2) == 2  # fmt: skip
+    assert eval_command(EvalRequest([str(staged_data[1])], model=str(tiny_llama_dir), retrieve=2)) == 2
     assert "--retrieve needs" in capsys.readouterr().err
 
 

@@ -37,7 +37,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_llama_dir, staged_data):
+def served(tmp_path_factory, tiny_llama_dir, staged_data):
+    """(url, the file with what the server printed) of `icft serve --run` on the tiny trained run."""
     run = trained_run(tmp_path_factory, tiny_llama_dir, staged_data)
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
@@ -61,10 +62,15 @@ def server(tmp_path_factory, tiny_llama_dir, staged_data):
     else:
         proc.kill()
         pytest.fail("server did not start: " + log.read_text()[-3000:])
-    yield url
+    yield url, log
     os.kill(proc.pid, signal.SIGTERM)
     # uvicorn shuts down gracefully, then re-raises the signal so that the exit status tells what stopped it
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()[-3000:]
+
+
+@pytest.fixture
+def server(served):
+    return served[0]
 
 
 @pytest.fixture
@@ -170,3 +176,13 @@ def test_concurrent_requests_are_queued_and_overflow_gets_503(client, server):
     assert len(results) - len(busy) >= 1
     assert http(f"{server}/health")[1]["queued"] == 0
     assert ask(client, max_tokens=2).choices
+
+
+def test_the_trained_context_is_printed_and_advertised(served):
+    url, log = served
+    # the tiny Llama has 256 positions (under --max-length's 2048); the run trained on 48-token sequences
+    card = http(f"{url}/v1/models")[1]["data"][0]
+    health = http(f"{url}/health")[1]
+    assert (card["context_length"], card["trained_length"]) == (256, 48)
+    assert (health["context_length"], health["trained_length"]) == (256, 48)
+    assert "context 256 tokens" in log.read_text() and "trained on sequences of 48 tokens" in log.read_text()

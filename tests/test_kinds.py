@@ -12,8 +12,9 @@ import pytest
 
 from icft.curriculum import _text, _words
 from icft.data.formatting import candidates, chat_messages, is_open_ended, prompt_and_target, reference
-from icft.data.kinds import BY_NAME, choice_type, kind_of
+from icft.data.kinds import BY_NAME, choice_type, is_question, kind_of
 from icft.data.schema import KINDS, YES_NO_MAYBE, Example
+from icft.data.templated import answer_side
 from icft.evaluation.baselines import _label_key, _question, choices, is_choice, is_yes_no_maybe, item_type
 from icft.evaluation.evaluate import _choice_metrics, _error_record, _is_hit
 from icft.evaluation.scoring import ChoiceScores, is_scorable
@@ -480,6 +481,16 @@ def test_the_kind_holds_the_pinned_texts(name):
     if want["is_choice"]:
         assert kind.candidates(ex) == want["choices"]
         assert kind.prompt(ex) == want["candidates"][0]
+
+
+def test_written_answers_and_questions():
+    # the answer text a record teaches (what `data stats` measures for boilerplate): what templated.answer_side
+    # picked by kind before it asked the kind; none for text or for an answer picked from options
+    want = {"text": None, "mc": None, "yes/no/maybe": None, "open": "Paracetamol.", "preference": "Call an ambulance.",
+            "dialogue": "See a doctor soon."}  # fmt: skip
+    for name, ex in EXAMPLES.items():
+        assert answer_side(ex) == kind_of(ex).written_answer(ex) == want[name], name
+        assert is_question(ex) == (name in ("mc", "yes/no/maybe", "open")), name
 
 
 def test_one_class_per_kind_and_unknown_kinds_are_refused():

@@ -19,7 +19,7 @@ LAYERS = (
     ("__init__",),
     ("data", "bundled"),  # examples, their formats and sources; the packaged dataset (see SAME_LAYER)
     ("errors",),  # the errors a user sees in one line: light, only the data schema's error below them
-    ("io", "models", "losses", "likelihood"),
+    ("io", "models", "losses", "likelihood", "tables"),  # tables: the one table writer, plain text
     ("config", "progress", "regularizers"),  # regularizers: the anchors training adds, built on the losses
     ("memory", "curriculum"),  # memory also holds retrieval (memory/retrieval.py)
     ("runs",),  # a run folder: its config, prompt format, adapter, base model and long-term memory

@@ -8,7 +8,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutput
 
 from icft.data.tokenize import IGNORE_INDEX, TokenizedPair, collate, encode_pair
-from icft.likelihood import _can_share_prompt, answer_nll, score_pairs, target_logits
+from icft.likelihood import ScoreSettings, _can_share_prompt, answer_nll, score_pairs, target_logits
 
 QUESTION = "Question: Which organ filters the blood?\nOptions: (A) kidney (B) heart (C) lung\nAnswer:"
 LONGER = "Question: Which of these is the largest number, given that the question is longer than the first?\nAnswer:"
@@ -38,13 +38,6 @@ class TokenCount:
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    from icft.models import load_model
-
-    return load_model(str(tiny_llama_dir))
-
-
-@pytest.fixture(scope="module")
 def tiny_gpt2(tiny_gpt2_dir):
     from icft.models import load_model
 
@@ -63,9 +56,10 @@ def minilm():
 def test_shared_prompt_scores_equal_scoring_each_pair_alone(which, batch_size, request):
     model, tokenizer = request.getfixturevalue(which)
     assert _can_share_prompt(model)
-    fast = score_pairs(model, tokenizer, PAIRS, max_length=64, batch_size=batch_size)
-    slow = score_pairs(model, tokenizer, PAIRS, max_length=64, batch_size=batch_size, share_prompts=False)
-    one_by_one = [score_pairs(model, tokenizer, [pair], max_length=64)[0] for pair in PAIRS]
+    settings = ScoreSettings(max_length=64, batch_size=batch_size)
+    fast = score_pairs(model, tokenizer, PAIRS, settings)
+    slow = score_pairs(model, tokenizer, PAIRS, settings, share_prompts=False)
+    one_by_one = [score_pairs(model, tokenizer, [pair], ScoreSettings(max_length=64))[0] for pair in PAIRS]
     assert close(fast, slow) and close(fast, one_by_one)
     assert len({round(x, 3) for x in fast}) == len(PAIRS)  # every pair scored, none copied from another
 
@@ -73,9 +67,9 @@ def test_shared_prompt_scores_equal_scoring_each_pair_alone(which, batch_size, r
 def test_shared_prompts_run_fewer_tokens(tiny_llama):
     model, tokenizer = tiny_llama
     count = TokenCount(model)
-    score_pairs(model, tokenizer, PAIRS, max_length=64, share_prompts=False)
+    score_pairs(model, tokenizer, PAIRS, ScoreSettings(max_length=64), share_prompts=False)
     alone, count.tokens = count.tokens, 0
-    score_pairs(model, tokenizer, PAIRS, max_length=64)
+    score_pairs(model, tokenizer, PAIRS, ScoreSettings(max_length=64))
     assert count.tokens < alone
 
 
@@ -91,15 +85,16 @@ def test_shared_prompt_with_lora_and_a_cut_prompt(tiny_llama_dir):
     model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     assert _can_share_prompt(model)
     pairs = PAIRS + [(QUESTION * 3, " kidney"), (QUESTION * 3, " a much longer answer that cuts the prompt more")]
-    fast = score_pairs(model, tokenizer, pairs, max_length=40, batch_size=3)
-    slow = score_pairs(model, tokenizer, pairs, max_length=40, batch_size=3, share_prompts=False)
+    settings = ScoreSettings(max_length=40, batch_size=3)
+    fast = score_pairs(model, tokenizer, pairs, settings)
+    slow = score_pairs(model, tokenizer, pairs, settings, share_prompts=False)
     assert close(fast, slow)
 
 
 def test_answer_nll_is_the_summed_score_per_target_token(tiny_llama):
     model, tokenizer = tiny_llama
-    nll = answer_nll(model, tokenizer, PAIRS, max_length=64)
-    slow = score_pairs(model, tokenizer, PAIRS, max_length=64, share_prompts=False)
+    nll = answer_nll(model, tokenizer, PAIRS, ScoreSettings(max_length=64))
+    slow = score_pairs(model, tokenizer, PAIRS, ScoreSettings(max_length=64), share_prompts=False)
     counts = [encode_pair(tokenizer, p, t, 64, add_eos=False).n_target for p, t in PAIRS]
     assert close(nll, [-s / n for s, n in zip(slow, counts)])
 
@@ -128,8 +123,8 @@ def test_output_projection_at_target_positions_equals_the_full_one(tiny_llama):
     torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(targets, full_targets) and torch.equal(rows, full_rows)
     assert not _can_share_prompt(fallback)
-    scores = score_pairs(model, tokenizer, PAIRS, max_length=64)
-    assert close(score_pairs(fallback, tokenizer, PAIRS, max_length=64), scores)
+    scores = score_pairs(model, tokenizer, PAIRS, ScoreSettings(max_length=64))
+    assert close(score_pairs(fallback, tokenizer, PAIRS, ScoreSettings(max_length=64)), scores)
 
 
 def test_training_loss_is_the_same_without_the_shortcut(tiny_llama):
@@ -168,8 +163,9 @@ def test_targets_that_fill_max_length_score_as_before(tiny_llama):
     long_a, long_b = " one two three four five six seven eight nine", " nine eight seven six five four three two"
     pairs = [("Q?", long_a), ("Q?", long_b), ("Q?", ""), ("Q?", " "), ("Question?", " a b"), ("Question?", " c d")]
     for max_length in (6, 64):
-        fast = score_pairs(model, tokenizer, pairs, max_length=max_length, template="chat")
-        slow = score_pairs(model, tokenizer, pairs, max_length=max_length, template="chat", share_prompts=False)
+        settings = ScoreSettings(max_length=max_length, template="chat")
+        fast = score_pairs(model, tokenizer, pairs, settings)
+        slow = score_pairs(model, tokenizer, pairs, settings, share_prompts=False)
         assert close(fast, slow)
 
 
@@ -180,6 +176,6 @@ def test_shared_prompts_near_the_position_limit(minilm):
     long_prompt = "word " * 490
     answer = " ".join(f"w{i}" for i in range(150))
     pairs = [(long_prompt, " a b"), (long_prompt, " c d e"), ("Q?", " " + answer), ("Q?", " x " + answer)]
-    fast = score_pairs(model, tokenizer, pairs, max_length=512)
-    slow = score_pairs(model, tokenizer, pairs, max_length=512, share_prompts=False)
+    fast = score_pairs(model, tokenizer, pairs, ScoreSettings(max_length=512))
+    slow = score_pairs(model, tokenizer, pairs, ScoreSettings(max_length=512), share_prompts=False)
     assert close(fast, slow)

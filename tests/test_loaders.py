@@ -6,16 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 
 from icft.data.loaders import detect_record_format, load_examples, load_many, read_jsonl_records
 from icft.data.schema import DataError
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
 
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def write_json(path: Path, value) -> Path:

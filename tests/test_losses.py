@@ -75,7 +75,7 @@ def test_weighted_total_leaves_out_switched_off_terms():
 def test_gradients_reach_only_trainable_parameters(tiny_llama_dir):
     from icft.data.formatting import prompt_and_target
     from icft.memory import MemoryItem
-    from icft.recipes.train import TokenCache, compute_losses, load_adapted_model
+    from icft.recipes.train import MicroBatch, TokenCache, compute_losses, load_adapted_model
 
     config = load_config(None, ["peft.r=4", f"model.name={tiny_llama_dir}"])
     model, tokenizer = load_adapted_model(config)
@@ -88,7 +88,7 @@ def test_gradients_reach_only_trainable_parameters(tiny_llama_dir):
     k = 4
     item = MemoryItem(ltm_ex, teacher_ids=torch.zeros(seq.n_target, k, dtype=torch.long),
                       teacher_logprobs=torch.full((seq.n_target, k), -math.log(k)))  # fmt: skip
-    out = compute_losses(model, batcher, new, replay, [item], config, "cpu")
+    out = compute_losses(model, batcher, MicroBatch(new, replay, [item]), config, "cpu")
     parts = out.parts
     assert all(parts[k].item() > 0 for k in ("task", "finetune", "consistency")) and len(out.new_hardness) == 2
     assert parts["kl_base"].item() == 0  # no KL-to-base anchor configured

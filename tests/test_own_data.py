@@ -14,10 +14,6 @@ from icft.cli import main
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
-
 
 def _strict_json(path: Path):
     def no_nan(value):

@@ -65,7 +65,7 @@ def scored(monkeypatch) -> list[TokenizedPair]:
     """Every sequence scoring and answer NLL put through the model (likelihood.score_sequences)."""
     seen: list[TokenizedPair] = []
 
-    def record(model, sequences, pad_id, batch_size=32, progress=False, share_prompts=True, **display):
+    def record(model, sequences, pad_id, settings=None, share_prompts=True, desc="scoring"):
         seen.extend(sequences)
         return [0.0] * len(sequences)
 
@@ -103,9 +103,9 @@ def test_every_path_builds_the_same_prompt(which, template, request, scored):
         stage_row(model, fmt, [[ex]], max_examples=0)
         n_candidates = len(kind_of(ex).candidates(ex)[0]) if is_choice(ex) else 0
         assert len(scored) == n_candidates + 1  # each candidate, then the answer's NLL
-        if ex.kind != "text":
+        if kind_of(ex).asks:  # a text record asks nothing, so there is no prompt to compare
             model.prompts.clear()
-            evaluate_examples(model, tokenizer, [ex], progress=False, fmt=fmt)
+            evaluate_examples(model, fmt, [ex])
             assert len(scored) == 2 * (n_candidates + 1)
             assert model.prompts == ([trained[ex.id]] if kind_of(ex).is_open(ex) else []), ex.id
         assert all(prompt_part(seq) == trained[ex.id] for seq in scored), ex.id
@@ -115,7 +115,7 @@ def test_every_path_builds_the_same_prompt(which, template, request, scored):
     for ex in ASKING:
         assert engine.example_prompt(ex).ids == trained[ex.id], ex.id
         conversation = [engine.chat_prompt(question(ex), 8).ids, _fitting_prompt(engine, question(ex), 8).ids]
-        if template == "chat" or ex.kind == "dialogue":
+        if template == "chat" or kind_of(ex).name == "dialogue":
             assert conversation == [trained[ex.id]] * 2, ex.id
         else:
             # plain conversations are Patient/Doctor lines (what dialogue trains); a plain qa or preference

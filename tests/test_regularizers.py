@@ -105,7 +105,7 @@ def test_the_training_loop_gets_each_regularizers_part_as_computed_directly(tiny
     from icft.data.tokenize import collate
     from icft.losses import consistency_kl, top_k_outputs
     from icft.memory import LongTermMemory, MemoryItem
-    from icft.recipes.train import TokenCache, build_regularizers, compute_losses, load_adapted_model
+    from icft.recipes.train import MicroBatch, TokenCache, build_regularizers, compute_losses, load_adapted_model
     from icft.recipes.train import record_teacher_outputs as record
     from icft.regularizers import StoredTeacher
 
@@ -132,13 +132,17 @@ def test_the_training_loop_gets_each_regularizers_part_as_computed_directly(tiny
     record(model, cache, ltm, items, config.memory.teacher_top_k, "cpu")
     ema, anchor, ewc = build_regularizers(config, model)
     assert (type(ema), type(anchor), type(ewc)) == (EMATeacher, FrozenBaseTeacher, EWC)
-    ewc.on_stage_end(model, 0, new + replay, lambda b: compute_losses(model, cache, b, [], [], config, "cpu",
-                                                                      []).parts["task"])  # fmt: skip
+
+    def task_loss(examples):
+        return compute_losses(model, cache, MicroBatch(examples), config, "cpu", []).parts["task"]
+
+    ewc.on_stage_end(model, 0, new + replay, task_loss)
     move()
     ema.on_step(model)
     move()
 
-    out = compute_losses(model, cache, new, replay, items, config, "cpu", [ema, anchor, ewc])
+    batch = MicroBatch(new, replay, items)
+    out = compute_losses(model, cache, batch, config, "cpu", [ema, anchor, ewc])
     assert list(out.parts) == ["task", "finetune", "consistency", "kl_base", "ewc"]
     assert torch.equal(out.parts["ewc"], 0.5 * 3 * sum((ewc.fisher[n] * (p - ewc.anchor[n]).pow(2)).sum()
                                                        for n, p in lora.items()))  # fmt: skip
@@ -160,38 +164,32 @@ def test_the_training_loop_gets_each_regularizers_part_as_computed_directly(tiny
     assert torch.equal(out.parts["kl_base"], 2 * consistency_kl(logits, *top_k_outputs(base, 16)))
     stored = consistency_kl(student, torch.cat([i.teacher_ids for i in items]),
                             torch.cat([i.teacher_logprobs for i in items]))  # fmt: skip
-    assert torch.equal(compute_losses(model, cache, new, replay, items, config, "cpu", [StoredTeacher()])
+    assert torch.equal(compute_losses(model, cache, batch, config, "cpu", [StoredTeacher()])
                        .parts["consistency"], stored)  # fmt: skip
     assert stored > 0 and out.parts["consistency"] > 0 and out.parts["kl_base"] > 0 and out.parts["ewc"] > 0
     # No LTM rows, no consistency; EWC before any stage end has no term: both parts are 0.
-    quiet = compute_losses(model, cache, new, replay, [], config, "cpu", [ema, EWC(1.0)])
+    quiet = compute_losses(model, cache, MicroBatch(new, replay), config, "cpu", [ema, EWC(1.0)])
     assert quiet.parts["consistency"].item() == 0 and quiet.parts["ewc"].item() == 0
 
 
-def test_memory_loads_older_checkpoints_and_says_when_a_state_is_missing():
+def test_regularizer_states_load_from_older_checkpoints_and_a_missing_state_is_said():
     from icft.errors import TrainingError
-    from icft.memory import LongTermMemory, ReplaySchedule, ShortTermMemory
-    from icft.recipes.train import Memory
+    from icft.regularizers import load_regularizer_states, regularizer_states
 
-    def memory(regularizers) -> Memory:
-        return Memory(ShortTermMemory(4), LongTermMemory(4, "reservoir"), ReplaySchedule(4, 0.25, 0.125), None,
-                      regularizers, True)  # fmt: skip
-
-    saved = memory([])
     ewc, ema = EWC(1.0), EMATeacher(_model(), 0.9, 4)
     ewc.fisher, ewc.anchor = {"1.bias": torch.ones(1)}, {"1.bias": torch.zeros(1)}
     ema.shadow["1.bias"] = torch.full((1,), 7.0)
+    memories = {"stm": {}, "ltm": {}, "replay": {}}  # what else a process's checkpoint state holds
     # Checkpoints before regularizers were components kept EWC's and the EMA teacher's states at the top level.
-    older = {**saved.state_dict(), "ema": ema.state_dict(), "ewc": ewc.state_dict()}
-    del older["regularizers"]
-    for state in (older, memory([ewc, ema]).state_dict()):
-        loaded = memory([EWC(1.0), EMATeacher(_model(), 0.9, 4)])
-        loaded.load_state_dict(state)
-        assert torch.equal(loaded.regularizers[0].fisher["1.bias"], torch.ones(1))
-        assert torch.equal(loaded.regularizers[1].shadow["1.bias"], torch.full((1,), 7.0))
-    memory([FrozenBaseTeacher(1.0, 4)]).load_state_dict({**older, "ewc": None})  # stateless: nothing to load
+    older = {**memories, "ema": ema.state_dict(), "ewc": ewc.state_dict()}
+    for saved in (older, {**memories, "regularizers": regularizer_states([ewc, ema])}):
+        loaded = [EWC(1.0), EMATeacher(_model(), 0.9, 4)]
+        load_regularizer_states(loaded, saved)
+        assert torch.equal(loaded[0].fisher["1.bias"], torch.ones(1))
+        assert torch.equal(loaded[1].shadow["1.bias"], torch.full((1,), 7.0))
+    load_regularizer_states([FrozenBaseTeacher(1.0, 4)], {**older, "ewc": None})  # stateless: nothing to load
     with pytest.raises(TrainingError, match="no state for the regularizer 'ema'"):
-        memory([EMATeacher(_model(), 0.9, 4)]).load_state_dict({**older, "ema": None})
+        load_regularizer_states([EMATeacher(_model(), 0.9, 4)], {**older, "ema": None})
 
 
 @pytest.mark.slow
@@ -204,7 +202,6 @@ def test_baselines_train_end_to_end(settings, part, tiny_llama_dir, staged_data,
 
     from icft.cli import main
 
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
     args = overrides(tiny_llama_dir, staged_data, steps=9) + [x for s in settings for x in ("--set", s)]
     assert main(["train", *args, "--output-dir", str(tmp_path / "run")]) == 0
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -220,7 +217,6 @@ def test_kl_to_base_trains_end_to_end_and_keeps_the_model_nearer_its_base(tiny_l
 
     from icft.cli import main
 
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
     base = overrides(tiny_llama_dir, staged_data, steps=9) + ["--set", "memory.enabled=false"]
     kl = {}
     for name, weight in (("free", "0"), ("anchored", "50")):

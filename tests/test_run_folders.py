@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def _cache_and_umask(tmp_path, monkeypatch):
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
+def _umask():
     old = os.umask(0o022)
     yield
     os.umask(old)
@@ -120,7 +119,7 @@ def test_one_trainer_per_folder_and_a_kill_leaves_nothing_behind(tiny_llama_dir,
     run resumes, and what the kill left half-written is removed (and nothing of the user's)."""
     run = tmp_path / "run"
     args = settings(tiny_llama_dir, staged_data, steps=20, save_every=5)
-    env = {**os.environ, "ICFT_CACHE": str(tmp_path / "cache")}
+    env = dict(os.environ)  # ICFT_HOME: the test's own (conftest)
     # paced (at least 50 ms a forward): the 15 steps after the step-5 checkpoint outlast the 50 ms poll below on
     # any machine, so it is stopped mid-run
     first = subprocess.Popen(paced_icft(0.05, "train", *args, "--output-dir", str(run)), env=env,

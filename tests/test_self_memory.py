@@ -101,15 +101,21 @@ def _config(model_dir, data, general: Path | None, **extra):
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
+def _quiet(monkeypatch):
     monkeypatch.setenv("ICFT_QUIET", "1")
 
 
 def test_at_step0_the_stage0_kl_and_its_gradient_are_zero(tiny_llama_dir, staged_data, general_file):
     from icft.data.prompt_format import PromptFormat
     from icft.memory.self_memory import SELF_STAGE
-    from icft.recipes.train import TokenCache, build_regularizers, build_self_memory, compute_losses, load_adapted_model
+    from icft.recipes.train import (
+        MicroBatch,
+        TokenCache,
+        build_regularizers,
+        build_self_memory,
+        compute_losses,
+        load_adapted_model,
+    )
 
     torch.manual_seed(0)
     config = _config(tiny_llama_dir, staged_data, general_file, **{"train.merge_alpha": "auto"})
@@ -120,7 +126,8 @@ def test_at_step0_the_stage0_kl_and_its_gradient_are_zero(tiny_llama_dir, staged
     assert len(built.items) == 6 and len(built.probe) == 4 and ltm.protected == {SELF_STAGE}
     assert all(i.teacher_ids is not None for i in built.items)
     model.train()
-    out = compute_losses(model, cache, [], [], [], config, "cpu", build_regularizers(config, model), built.items)
+    batch = MicroBatch([], self_items=built.items)
+    out = compute_losses(model, cache, batch, config, "cpu", build_regularizers(config, model))
     kl = out.parts["self_consistency"]
     assert abs(kl.item()) < 1e-5
     kl.backward()

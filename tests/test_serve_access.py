@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import threading
 import time
@@ -253,6 +254,31 @@ def test_page_and_schema_are_served(server):
     assert {"400", "401", "403", "413", "415", "503", "504"} <= set(chat_post["responses"])
     assert chat_post["security"] == [{"apiKey": []}] and "security" not in schema["paths"]["/health"]["get"]
     assert "retrieved" in schema["components"]["schemas"]["ChatChoice"]["properties"]
+
+
+def test_each_request_has_one_line_on_stderr_and_the_context_is_advertised(server):
+    status, _, body = request(f"{server.url}/v1/chat/completions", chat(11), AUTH)  # 11: no other test asks it
+    assert status == 200 and body["usage"]["completion_tokens"] == 11
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", json.dumps(chat(9, stream=True)),
+                       {**AUTH, "content-type": "application/json"})  # fmt: skip
+    assert connection.getresponse().read().endswith(b"data: [DONE]\n\n")
+    nowhere = f"/v1/nowhere-{time.time_ns()}"
+    assert request(f"{server.url}{nowhere}", headers=AUTH)[0] == 404
+    assert request(f"{server.url}{nowhere}")[0] == 401  # refused before any route: its line all the same
+    # each line is written before the answer's last bytes are sent: no waiting for it here
+    lines = server.errors().splitlines()
+    prompt = body["usage"]["prompt_tokens"]
+    assert any(re.fullmatch(rf"POST /v1/chat/completions 200 in={prompt} out=11 \d+ms", x) for x in lines), lines
+    assert any(re.fullmatch(rf"POST /v1/chat/completions 200 in={prompt} out=9 \d+ms", x) for x in lines), lines
+    mine = [x for x in lines if nowhere in x]
+    assert len(mine) == 2 and re.fullmatch(rf"GET {nowhere} 404 in=- out=- \d+ms", mine[0]), mine
+    assert re.fullmatch(rf"GET {nowhere} 401 in=- out=- \d+ms", mine[1]), mine
+
+    # a base model has no trained length; its context is the tiny Llama's 2048 positions
+    card = request(f"{server.url}/v1/models", headers=AUTH)[2]["data"][0]
+    assert card["context_length"] == 2048 and card["trained_length"] is None
+    assert "context 2048 tokens" in server.output() and "trained on" not in server.output()
 
 
 @pytest.mark.parametrize(("option", "value"), [("--request-timeout", "0"), ("--request-timeout", "nan"),

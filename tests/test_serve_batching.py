@@ -1,16 +1,21 @@
 """Batched generation for `icft serve`: rows of different requests in one `generate` call, each ending on its
-own, give the answers one-by-one generation gives; the worker batches jobs that wait together."""
+own, give the answers one-by-one generation gives; the worker batches jobs that wait together. And, in-process,
+the app's answers when no memory fact passed the floor, and its one log line per request."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import time
 from concurrent.futures import wait
 
 import pytest
-from _serve_server import long_llama
+from _inference_run import knowledge_file
+from _serve_server import asgi_call, long_llama
 
 from icft.inference.generate import Engine, Row, StopFlag
-from icft.inference.serve import ApiError, Job, StopText, Worker, bind_warning, own_hosts
+from icft.inference.serve import ApiError, Decoding, Job, StopText, Worker, bind_warning, create_app, own_hosts
 
 QUESTIONS = ["Which is item 1?", "I have had a cough for three days and a fever since yesterday.", "Hello",
              "What is the capital of France? Tell me more about the city and its history."]  # fmt: skip
@@ -81,8 +86,8 @@ def test_unencodable_stop_string_is_an_input_error(engine):
 
 
 def job(engine: Engine, text: str, max_tokens: int, temperature: float = 0.0, seed=None) -> Job:
-    sampling = {"temperature": temperature, "top_p": 1.0, "stop": None, "seed": seed}
-    return Job(lambda: [engine.completion_prompt(text, max_tokens)], max_tokens, sampling, timeout=120)
+    decoding = Decoding(temperature=temperature, seed=seed)
+    return Job(lambda: [engine.completion_prompt(text, max_tokens)], max_tokens, decoding, timeout=120)
 
 
 def test_worker_generates_waiting_jobs_together(engine):
@@ -151,3 +156,65 @@ def test_own_hosts_and_bind_warning():
     assert "proxy.example" in own_hosts("127.0.0.1", ["Proxy.Example"])
     assert bind_warning("127.0.0.1", None) is None and bind_warning("0.0.0.0", "key") is None
     assert "--api-key" in bind_warning("0.0.0.0", None)
+
+
+@pytest.fixture(scope="module")
+def memory_engine(tmp_path_factory, bert_tokenizer):
+    """The tiny model with retrieval over the knowledge file (kb-france, kb-insulin, kb-aspirin), top 2."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("serve-memory")
+    model = long_llama(folder / "model", bert_tokenizer)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Engine.load(model=str(model), name="tiny", retrieve_k=2, knowledge=[str(knowledge_file(folder))])
+    torch.set_num_threads(threads)
+
+
+def events(body: bytes) -> list[dict]:
+    """The JSON chunks of a server-sent event stream, checking that it ends with [DONE]."""
+    data = [line[6:] for line in body.decode().splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]", data
+    return [json.loads(d) for d in data[:-1]]
+
+
+def test_an_answer_says_no_fact_passed_the_floor(memory_engine):
+    app = create_app(memory_engine)
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 3}  # fmt: skip
+    memory_engine.retriever.min_score = None  # no floor: the two nearest facts go in
+    status, body = asgi_call(app, "POST", "/v1/chat/completions", chat)
+    choice = json.loads(body)["choices"][0]
+    assert status == 200 and choice["retrieved"][0]["id"] == "kb-france" and "no_fact_passed_floor" not in choice
+
+    memory_engine.retriever.min_score = 2.0  # above any cosine similarity: no fact passes
+    try:
+        status, body = asgi_call(app, "POST", "/v1/chat/completions", chat)
+        choice = json.loads(body)["choices"][0]
+        assert status == 200 and choice["no_fact_passed_floor"] == 2.0 and "retrieved" not in choice
+        chunks = events(asgi_call(app, "POST", "/v1/chat/completions", {**chat, "stream": True})[1])
+        deltas = [c["choices"][0]["delta"] for c in chunks]
+        assert deltas[0] == {"role": "assistant", "content": ""} and deltas[-1] == {}  # OpenAI's shapes, as before
+        assert all(set(d) == {"content"} for d in deltas[1:-1]) and len(deltas) > 2
+        assert chunks[-1]["choices"][0]["no_fact_passed_floor"] == 2.0
+        assert all("no_fact_passed_floor" not in c["choices"][0] for c in chunks[:-1])
+        text = {"model": "tiny", "prompt": "Which drug is acetylsalicylic acid?", "max_tokens": 2}
+        choice = json.loads(asgi_call(app, "POST", "/v1/completions", text)[1])["choices"][0]
+        assert choice["no_fact_passed_floor"] == 2.0 and choice["logprobs"] is None
+    finally:
+        memory_engine.retriever.min_score = None
+
+
+def test_each_request_logs_one_line(memory_engine, caplog):
+    app = create_app(memory_engine)
+    caplog.set_level(logging.INFO, logger="icft.serve")
+    status, body = asgi_call(app, "POST", "/v1/completions", {"model": "tiny", "prompt": "Hello", "max_tokens": 4})
+    usage = json.loads(body)["usage"]
+    assert status == 200 and usage["completion_tokens"] == 4
+    asgi_call(app, "GET", "/health")
+    asgi_call(app, "POST", "/v1/completions", {"model": "nope", "prompt": "Hello"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "icft.serve"]
+    assert len(lines) == 3, lines
+    assert re.fullmatch(rf"POST /v1/completions 200 in={usage['prompt_tokens']} out=4 \d+ms", lines[0]), lines[0]
+    assert re.fullmatch(r"GET /health 200 in=- out=- \d+ms", lines[1]), lines[1]
+    assert re.fullmatch(r"POST /v1/completions 404 in=- out=- \d+ms", lines[2]), lines[2]

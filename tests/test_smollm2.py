@@ -160,7 +160,6 @@ def test_lora_run_on_smollm2_exports_a_merged_model_plain_transformers_loads(smo
 
     from icft.runs import load_run
 
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
     train, val = staged_data
     # `icft train` as a user runs it, made small: a 135M model takes seconds a step on a CPU.
     pairs = {

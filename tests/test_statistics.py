@@ -78,13 +78,17 @@ def test_compare_to_reports_every_method_and_metric():
     hits = (rng.random((2, len(IDS))) < 0.5).astype(float)
 
     def run(shift: float, seed: int) -> dict:
-        return {"retention": {"accuracy": dict(zip(IDS, hits[seed] + shift))}, "unseen": {"rougeL": {"x": 0.5}}}
+        return {"retention": {"accuracy": dict(zip(IDS, hits[seed] + shift))},
+                "unseen": {"rougeL": {"x": 0.5}, "answer_nll": {"x": 2.0 - shift}}}  # fmt: skip
 
     items = {"icft": {0: run(0.2, 0), 1: run(0.2, 1)}, "lora": {0: run(0.0, 0), 1: run(0.0, 1)}}
     runs = {"icft": {0: {"forgetting": 0.0}, 1: {"forgetting": 0.1}},
             "lora": {0: {"forgetting": 0.2}, 1: {"forgetting": 0.2, "average_accuracy": None}}}  # fmt: skip
     out = compare_to("icft", items, runs)
-    assert set(out) == {"lora"} and set(out["lora"]) == {"retention/accuracy", "unseen/rougeL", "forgetting"}
+    # every metric that is a mean over items (the registry's paired ones) is paired where items.json has it
+    assert set(out) == {"lora"}
+    assert set(out["lora"]) == {"retention/accuracy", "unseen/rougeL", "unseen/answer_nll", "forgetting"}
+    assert out["lora"]["unseen/answer_nll"]["mean"] == pytest.approx(-0.2)
     assert out["lora"]["retention/accuracy"]["significant"] and out["lora"]["retention/accuracy"]["mean"] > 0.19
     assert out["lora"]["unseen/rougeL"] == {"mean": 0.0, "low": 0.0, "high": 0.0, "n_seeds": 2, "n_items": 1,
                                             "significant": False}  # fmt: skip

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from icft.data.formatting import candidates, chat_messages, end_of_turn, prompt_and_target, reference, resolve_template
+from icft.data.prompt_format import PromptFormat
 from icft.data.schema import Example
 from icft.data.tokenize import IGNORE_INDEX, encode_pair
 
@@ -152,7 +153,7 @@ def test_chat_scoring_scores_exactly_the_answer_tokens(chat_tokenizer, chat_llam
     from icft.evaluation.scoring import score_choices
 
     tok = chat_tokenizer
-    (scored,) = score_choices(chat_llama, tok, [QA], template="chat")
+    (scored,) = score_choices(chat_llama, PromptFormat(tok, "chat"), [QA])
     prompt, cands, _ = candidates(QA, tok, "chat")
     for cand, got in zip(cands, scored.logprobs):
         seq = ids(tok, prompt) + ids(tok, cand)
@@ -176,11 +177,11 @@ def test_chat_generation_adds_no_bos_and_stops_at_end_of_turn(chat_tokenizer, ch
 
     monkeypatch.setattr(chat_llama, "generate", spy)
     prompt = prompt_and_target(OPEN_QA, tok, "chat")[0]
-    (answer,) = generate_answers(chat_llama, tok, [prompt], max_new_tokens=3, template="chat")
+    (answer,) = generate_answers(chat_llama, PromptFormat(tok, "chat"), [prompt], max_new_tokens=3)
     assert seen["input_ids"][0].tolist() == ids(tok, prompt)  # one BOS: the one the template wrote
     assert seen["eos_token_id"] == [tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")]
     assert isinstance(answer, str)
-    generate_answers(chat_llama, tok, [prompt_and_target(OPEN_QA)[0]], max_new_tokens=1)
+    generate_answers(chat_llama, PromptFormat(tok, "plain"), [prompt_and_target(OPEN_QA)[0]], max_new_tokens=1)
     assert seen["input_ids"][0, 0].item() == tok.bos_token_id and seen["eos_token_id"] == [tok.eos_token_id]
 
 
@@ -205,8 +206,8 @@ def test_compare_tests_a_chat_model_in_its_chat_format(chat_tokenizer, chat_llam
     items = json.loads((tmp_path / "out" / "items.json").read_text())["test"]
 
     def per_item(template: str) -> dict:
-        result = evaluate_examples(chat_llama, chat_tokenizer, [QA, OPEN_QA, PREF, DIALOGUE], max_length=128,
-                                   progress=False, template=template)  # fmt: skip
+        fmt = PromptFormat(chat_tokenizer, template, max_length=128)
+        result = evaluate_examples(chat_llama, fmt, [QA, OPEN_QA, PREF, DIALOGUE])
         return C.file_summary(result)[1]
 
     chat, plain = per_item("chat"), per_item("plain")

@@ -21,10 +21,6 @@ from icft.cli import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
-
 
 def overrides(model_dir: Path, data: tuple[Path, Path], steps: int = 9, save_every: int = 3) -> list[str]:
     train, val = data
@@ -37,9 +33,11 @@ def overrides(model_dir: Path, data: tuple[Path, Path], steps: int = 9, save_eve
     return [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
 
 
-def test_train_writes_run_folder_with_all_loss_parts(tiny_llama_dir, staged_data, tmp_path):
+def test_train_writes_run_folder_with_all_loss_parts(tiny_llama_dir, staged_data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *overrides(tiny_llama_dir, staged_data), "--output-dir", str(run)]) == 0
+    # the one speed and memory estimate, after the first ESTIMATE_AFTER steps (of 9)
+    assert len([line for line in capsys.readouterr().out.splitlines() if " s/step, about " in line]) == 1
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 10))
@@ -90,7 +88,7 @@ def _icft(*args: str) -> list[str]:
 
 def test_kill_and_resume_ends_with_the_same_adapter(tiny_llama_dir, staged_data, tmp_path):
     args = overrides(tiny_llama_dir, staged_data, steps=60, save_every=5)
-    env = {**os.environ, "ICFT_CACHE": str(tmp_path / "cache")}
+    env = dict(os.environ)  # ICFT_HOME: the test's own (conftest)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_icft(*args, "--output-dir", str(straight)), check=True, env=env, capture_output=True)
 
@@ -123,7 +121,7 @@ def test_two_processes_data_parallel(tiny_llama_dir, staged_data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "icft", "train", *overrides(tiny_llama_dir, staged_data, steps=6),
            "--output-dir", str(run)]  # fmt: skip
-    env = {**os.environ, "ICFT_CACHE": str(tmp_path / "cache"), "ACCELERATE_USE_CPU": "true"}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}  # ICFT_HOME: the test's own (conftest)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert list((run / "checkpoints" / "step-000006").glob("rank*.pt")) != []
@@ -168,3 +166,53 @@ def test_plateau_ends_a_stage_early_and_gives_its_steps_to_the_next(tiny_llama_d
     stages = [json.loads(x)["stage"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert stages == ["general"] * 2 + ["knowledge"] * 2 + ["clinical"] * 8
     assert len(json.loads((run / "stage_eval.json").read_text())["accuracy_matrix"]) == 3
+
+
+def test_training_a_finished_run_again_is_refused_in_one_line(tiny_llama_dir, staged_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *overrides(tiny_llama_dir, staged_data, steps=3), "--output-dir", str(run)]
+    assert main(args) == 0
+    adapter = _adapter(run)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: already trained: {run} (use --overwrite to train again)"
+    assert all(torch.equal(adapter[k], v) for k, v in _adapter(run).items())  # nothing was touched
+    assert main([*args, "--overwrite"]) == 0  # trains it again
+
+
+def test_eta_is_a_moving_average_and_the_estimate_is_said_once(monkeypatch, capsys):
+    from icft import progress
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(progress.sys.stdout, "isatty", lambda: False)
+    display = progress.ProgressDisplay(total=20, initial=0, quiet=False)
+    for seconds in (1.0, 1.0, 1.0, 1.0, 1.0, 11.0):
+        clock["now"] += seconds
+        display.step()
+    # one 11 s step among 1 s ones: the average moves by SMOOTHING of the difference, not all the way
+    assert display.step_s == pytest.approx(1.0 + progress.SMOOTHING * 10.0)
+    display.status(6, "text")
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"step 6/20 text eta {display.step_s * 14:.0f}s"
+    estimates = [line for line in out if line.startswith("after 5 steps: 1.00 s/step, about 15s left for 15 steps")]
+    assert len(estimates) == 1 and "peak memory so far" in estimates[0]
+
+
+def test_stages_without_validation_examples_are_named_with_the_reason():
+    from icft.config import load_config
+    from icft.curriculum import Stage
+    from icft.data.schema import Example
+    from icft.recipes.train import unscored_stages
+
+    stages = [Stage(name, []) for name in ("general", "knowledge", "clinical")]
+    val = [Example("v", "qa", "s", question="Q?", answer="A", stage="general")]
+    named = load_config(None, [])
+    line = unscored_stages(named, stages, [val, [], []], val)
+    assert line.startswith("stage(s) knowledge, clinical: not scored after each stage, no validation example has")
+    assert unscored_stages(named, stages, [val, val, val], val) is None
+    assert unscored_stages(load_config(None, ["train.eval_max_examples=0"]), stages, [val, [], []], val) is None
+    auto = load_config(None, ["curriculum.stages=auto", "curriculum.num_stages=3"])
+    line = unscored_stages(auto, stages, [[], [], []], val)
+    assert "1 validation examples cannot make 3 difficulty stages (curriculum.num_stages)" in line

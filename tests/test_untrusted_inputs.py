@@ -88,7 +88,6 @@ def test_resume_of_a_planted_checkpoint_is_one_line(tiny_llama_dir, staged_data,
 
     from icft.recipes import train as recipe
 
-    monkeypatch.setenv("ICFT_CACHE", str(tmp_path / "cache"))
     run, ran = tmp_path / "run", tmp_path / "payload-ran"
     train, val = staged_data
     pairs = {"model.name": tiny_llama_dir, "model.max_length": 48, "data.train": f"[{train}]",

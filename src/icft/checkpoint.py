@@ -18,6 +18,7 @@ from __future__ import annotations
 import pickle
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,20 @@ def fingerprint(model: torch.nn.Module) -> list[float]:
             for x in (p.detach().double().sum(), p.detach().double().pow(2).sum())]  # fmt: skip
 
 
-def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, optimizer, scheduler,
+@dataclass
+class TrainingObjects:
+    """What every process restores from the shared files of a checkpoint: the model (as accelerate prepared it),
+    its optimizer and learning-rate scheduler."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, trained: TrainingObjects,
                     rank_state: dict) -> None:  # fmt: skip
+    """checkpoints/step-N: the trainable weights, optimizer and scheduler (main process) and `rank_state`, this
+    process's own state; complete once renamed from its temporary name, the last KEEP kept."""
     root = run_dir / "checkpoints"
     real_folder(root, run_dir)  # never a link out of the run: rotation below deletes in it
     tmp, final = root / f"{PARTIAL_CHECKPOINT}{step:06d}", root / f"step-{step:06d}"  # a kill leaves tmp: the
@@ -96,13 +109,13 @@ def save_checkpoint(run_dir: Path, step: int, accelerator: Accelerator, model, o
         remove_path(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(trained.model)
     rank_state = {**rank_state, "fingerprint": fingerprint(unwrapped)}
     torch.save(rank_state, tmp / f"rank{accelerator.process_index}.pt")
-    weights, optim = trainable_state(unwrapped), optimizer_state(unwrapped, _inner(optimizer))  # collective
+    weights, optim = trainable_state(unwrapped), optimizer_state(unwrapped, _inner(trained.optimizer))  # collective
     if accelerator.is_main_process:
         torch.save(weights, tmp / "trainable.pt")
-        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        torch.save({"optimizer": optim, "scheduler": trained.scheduler.state_dict()}, tmp / "optim.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         remove_path(final)
@@ -122,12 +135,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, accelerator: Accelerator, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, accelerator: Accelerator, trained: TrainingObjects) -> dict:
     """Restore weights, optimizer and scheduler; return this process's own state."""
     weights = load_data_only(path / "trainable.pt")
     optim = load_data_only(path / "optim.pt")
-    load_trainable(accelerator.unwrap_model(model), _inner(optimizer), weights, optim["optimizer"])
-    scheduler.load_state_dict(optim["scheduler"])
+    load_trainable(accelerator.unwrap_model(trained.model), _inner(trained.optimizer), weights, optim["optimizer"])
+    trained.scheduler.load_state_dict(optim["scheduler"])
     return load_data_only(path / f"rank{accelerator.process_index}.pt")
 
 

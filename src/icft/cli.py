@@ -100,12 +100,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return init_command(args.data, args.model, args.output, args.test)
     if args.command == "eval":
-        from .evaluation.commands import eval_command
+        from .evaluation.commands import EvalRequest, eval_command
 
-        return eval_command(run_dir=args.run, model=args.model, data=args.data, json_path=args.json,
-                            max_examples=args.max_examples, batch_size=args.batch_size,
-                            retrieve=args.retrieve, knowledge=args.knowledge, base=args.base, show=args.show,
-                            max_length=args.max_length)  # fmt: skip
+        return eval_command(EvalRequest(
+            args.data, run_dir=args.run, model=args.model, json_path=args.json, max_examples=args.max_examples,
+            batch_size=args.batch_size, retrieve=args.retrieve, knowledge=args.knowledge, base=args.base,
+            show=args.show, max_length=args.max_length,
+        ))
     if args.command in ("generate", "chat", "export", "serve"):
         from .inference.commands import dispatch
 

@@ -127,6 +127,9 @@ class TrainConfig(Section):
     seed: int = 0
     save_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
+    # Each micro-batch's rows packed end to end into one row, no padding (data/tokenize.py `pack`): the same
+    # losses, fewer tokens through the model. Off by itself for a model that does not keep packed rows apart.
+    packing: bool = True
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # through accelerate; bf16 also on CPU
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
     eval_max_examples: int = Field(200, ge=0)  # per stage, for the after-stage accuracy matrix (0: skip it)
@@ -138,21 +141,54 @@ class TrainConfig(Section):
     merge_grid: list[float] = [0.25, 0.5, 0.75, 1.0]
 
 
+class EvalSet(Section):
+    """One evaluation file of `icft compare` (compare.test, compare.validation). A bare path in the list is an
+    EvalSet with that path and every other key at its default."""
+
+    path: str  # bundled:<name> or a data file
+    label: str = ""  # the name it is reported under ("": from the path, bundled:test-unseen -> unseen)
+    # New tokens per greedy answer to an open question, scored by ROUGE-L and the other generation metrics
+    # (None: the evaluation default; 0: none, likelihoods only). Own-voice sets: the references' length.
+    answers: int | None = Field(None, ge=0)
+    # The untrained model's greedy answers to these prompts are the references (computed once, cached in the
+    # compare folder); scored by the NLL of those answers alone: a rise is forgetting of what the model said.
+    own_voice: bool = False
+    content: bool = False  # its items' answer NLL pools into the content composite (answer NLL drop vs base)
+
+
 class CompareConfig(Section):
-    """Used by `icft compare` only: which methods, how many seeds, what to test on."""
+    """Used by `icft compare` only: which methods, how many seeds, what to test on, what to tune."""
 
     methods: list[str] = ["base", "full-ft", "lora-mixed", "lora-sequential", "lora-curriculum", "lora-memory", "icft"]
     seeds: list[int] = [0, 1, 2]
     # The ablations (icft-no-*) run on the first N seeds only (0: all): they answer "which part matters",
     # a smaller question than ICFT against the baselines, so they get fewer runs.
     ablation_seeds: int = Field(0, ge=0)
-    test: list[str] = ["bundled:test-retention", "bundled:test-unseen"]
+    test: list[EvalSet] = [EvalSet(path="bundled:test-retention"), EvalSet(path="bundled:test-unseen")]
     max_test_examples: int = Field(0, ge=0)  # per kind (0: all)
     full_ft_lr: float = Field(1e-4, ge=0.0)  # full fine-tuning needs a smaller step than LoRA
     jobs: int = Field(1, ge=1)  # runs side by side, one CPU thread each (CPU machines); 1 = one after another
-    # Learning-rate selection, the same for every method: at the first seed, train with each scale times the
-    # method's own rate (train.lr; full_ft_lr for full-ft), keep the best on validation. []: no selection.
+    # Tries, chosen on validation at the first seed: {method: {tag: {config key: value, "lr_scale": x}}}; each
+    # tag is one more run of the method (its defaults are always tried too), "lr_scale" multiplies its rate.
+    tries: dict[str, dict[str, dict[str, Any]]] = {}
+    # Shorthand for the same try for every trained method: {"x<s>": {"lr_scale": s}} for each scale (the
+    # defaults are not tried unless 1 is listed). Not together with `tries`.
     lr_scales: list[float] = []
+    # How a try is chosen: average_accuracy (stage accuracy on data.validation after training; lowest answer
+    # NLL where nothing is scored by choice) or trade (content answer-NLL drop + own-voice NLL drop against
+    # the untrained model on compare.validation, nats per answer token, equal weights).
+    criterion: Literal["average_accuracy", "trade"] = "average_accuracy"
+    validation: list[EvalSet] = []  # the sets `trade` scores tries on ([]: data.validation, as content)
+    # WiSE-FT points (the final LoRA adapter scaled by alpha, no training) of wise_methods ([]: every trained
+    # LoRA method) at every seed, scored on the wise_sets test labels ([]: all), reported as "<method> a=<alpha>".
+    wise_alphas: list[float] = []
+    wise_methods: list[str] = []
+    wise_sets: list[str] = []
+
+    @field_validator("test", "validation", mode="before")
+    @classmethod
+    def _paths_as_sets(cls, value: Any) -> Any:
+        return [{"path": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
 
 class RunConfig(Section):
@@ -212,6 +248,12 @@ class RunConfig(Section):
         if any(x <= 0 for x in self.compare.lr_scales):
             raise ConfigError("config key 'compare.lr_scales': scales must be positive, got "
                               f"{_short(self.compare.lr_scales)}")
+        if self.compare.lr_scales and self.compare.tries:
+            raise ConfigError("config keys 'compare.lr_scales' and 'compare.tries': give one (lr_scales is a "
+                              "shorthand for tries)")  # fmt: skip
+        if any(not 0 <= a <= 1 for a in self.compare.wise_alphas):
+            raise ConfigError(f"config key 'compare.wise_alphas': alphas lie in [0, 1], got "
+                              f"{_short(self.compare.wise_alphas)}")  # fmt: skip
         return self
 
 

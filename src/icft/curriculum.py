@@ -17,11 +17,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .config import PACINGS as SCHEDULES
-from .config import SCORERS
+from .config import SCORERS, CurriculumConfig
 from .data.formatting import prompt_and_target
 from .data.schema import Example
 from .io import atomic_path
@@ -62,10 +63,11 @@ def model_loss_score(
     examples: list[Example], model, tokenizer, max_length: int = 256, batch_size: int = 32, template: str = "plain"
 ) -> np.ndarray:
     """Raw: the model's mean per-token negative log-likelihood of each target given its prompt."""
-    from .likelihood import answer_nll  # torch-heavy; only this scorer needs it
+    from .likelihood import ScoreSettings, answer_nll  # torch-heavy; only this scorer needs it
 
     pairs = [prompt_and_target(ex, tokenizer, template) for ex in examples]
-    return np.array(answer_nll(model, tokenizer, pairs, max_length, batch_size, template), dtype=np.float64)
+    settings = ScoreSettings(max_length, batch_size, template)
+    return np.array(answer_nll(model, tokenizer, pairs, settings), dtype=np.float64)
 
 
 def normalise(raw: np.ndarray) -> np.ndarray:
@@ -90,16 +92,24 @@ def _cache_key(examples: list[Example], weights: dict[str, float], model_name: s
     return h.hexdigest()
 
 
+@dataclass
+class ModelLoss:
+    """The `model_loss` scorer's model and tokenizer, and what names them in the difficulty cache's key."""
+
+    model: Any
+    tokenizer: Any
+    model_name: str = ""  # the config's model.name: the cache key's stand-in for the weights
+    template: str = "plain"  # the prompt template the losses are taken in
+
+
 def difficulty_scores(
     examples: list[Example],
     weights: dict[str, float],
-    model=None,
-    tokenizer=None,
+    scorer: ModelLoss | None = None,
     cache_dir: str | Path | None = None,
-    model_name: str = "",
-    template: str = "plain",
 ) -> np.ndarray:
-    """Weighted mean of the rank-normalised scorers with weight > 0, in [0, 1]; cached in cache_dir."""
+    """Weighted mean of the rank-normalised scorers with weight > 0, in [0, 1]; cached in cache_dir. The
+    `model_loss` scorer needs `scorer`; without one the key names no model and the plain template."""
     for name, w in weights.items():
         if name not in SCORERS:
             raise ValueError(f"unknown difficulty scorer '{name}' (expected one of: {', '.join(SCORERS)})")
@@ -109,15 +119,16 @@ def difficulty_scores(
     if not active:
         raise ValueError(f"no difficulty scorer has a positive weight: {weights}")
 
+    scorer = scorer or ModelLoss(None, None)
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{_cache_key(examples, weights, model_name, template)}.npy"
+        path = Path(cache_dir) / f"{_cache_key(examples, weights, scorer.model_name, scorer.template)}.npy"
         if path.exists():
             cached = np.load(path)
             if cached.shape == (len(examples),):
                 return cached
 
-    if "model_loss" in active and (model is None or tokenizer is None):
+    if "model_loss" in active and (scorer.model is None or scorer.tokenizer is None):
         raise ValueError("difficulty scorer 'model_loss' needs a model and a tokenizer")
     total = np.zeros(len(examples), dtype=np.float64)
     for name, w in active.items():
@@ -126,7 +137,7 @@ def difficulty_scores(
         elif name == "rarity":
             raw = rarity_score(examples)
         else:
-            raw = model_loss_score(examples, model, tokenizer, template=template)
+            raw = model_loss_score(examples, scorer.model, scorer.tokenizer, template=scorer.template)
         total += w * normalise(raw)
     scores = total / sum(active.values())
 
@@ -261,20 +272,22 @@ class StageSchedule:
     leaves go to the next stage).
     """
 
-    def __init__(self, stages: list[Stage], budgets: list[int], order: str, pacing: str, start: float,
-                 pacing_share: float, seed: int):  # fmt: skip
+    def __init__(self, stages: list[Stage], budgets: list[int], config: CurriculumConfig, seed: int):
+        """`budgets`: steps per stage (`stage_budgets`); from `config`, its order, pacing, start_competence and
+        pacing_share."""
         if len(budgets) != len(stages):
             raise ValueError(f"{len(budgets)} step budgets for {len(stages)} stages")
+        order, schedule, start = config.order, config.pacing, config.start_competence
         self.stages, self.order = stages, order
         self.ends = [int(b) for b in np.cumsum(budgets)]  # the step after which each stage is done
         if order == "mixed":
             everything = _by_difficulty([ex for s in stages for ex in s.examples])
-            pools, pool_budgets, pacing = [Stage("mixed", everything)], [self.ends[-1]], "none"
+            pools, pool_budgets, schedule = [Stage("mixed", everything)], [self.ends[-1]], "none"
         else:
             pools, pool_budgets = stages, list(budgets)
-        self.pacing, self.start = pacing, start
-        self.pacing_steps = [int(b * pacing_share) for b in pool_budgets]
-        self.samplers = [CompetenceSampler(pool, n, pacing, start, seed=seed + 31 * i)
+        self.pacing, self.start = schedule, start
+        self.pacing_steps = [int(b * config.pacing_share) for b in pool_budgets]
+        self.samplers = [CompetenceSampler(pool, n, schedule, start, seed=seed + 31 * i)
                          for i, (pool, n) in enumerate(zip(pools, self.pacing_steps))]  # fmt: skip
         self.plateau_best, self.plateau_checks = math.inf, 0
 

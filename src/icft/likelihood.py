@@ -8,17 +8,35 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data.tokenize import IGNORE_INDEX, TokenizedPair, collate, encode_pair
+from .data.tokenize import IGNORE_INDEX, TokenizedPair, collate, encode_pair, pack
 
 # Evaluation's memory bound. A batch holds at most `token_budget(model)` tokens (rows x padded width), so the
 # logits at its scored positions (positions x vocabulary x 4 bytes) take about LOGIT_BUDGET_BYTES whatever the
 # batch size or the length of the inputs; log-probabilities are then taken LOGP_CHUNK positions at a time.
 LOGIT_BUDGET_BYTES = 384 * 2**20
 LOGP_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How text pairs are scored: each cut to `max_length` tokens and tokenized as `template` ("plain" or
+    "chat") renders it, in batches of at most `batch_size` rows (and `token_budget` tokens), with a progress
+    bar on stderr where `progress`."""
+
+    max_length: int = 512
+    batch_size: int = 32
+    template: str = "plain"
+    progress: bool = False
+
+    @classmethod
+    def of(cls, fmt, batch_size: int = 32, progress: bool = False) -> ScoreSettings:
+        """The settings of a prompt format (`PromptFormat`): its length and template."""
+        return cls(fmt.max_length, batch_size, fmt.template, progress)
 
 
 def token_budget(model) -> int:
@@ -49,8 +67,30 @@ def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     labels = batch["labels"]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    if "rows" in batch:  # packed (tokenize.pack): no cache, or transformers would not see the packing
+        inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+        logits = logits_at(model, keep, **inputs)
+        return logits, labels[:, 1:][keep[:, :-1]], batch["rows"][keep]
     logits = logits_at(model, keep, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return logits, labels[:, 1:][keep[:, :-1]], keep.nonzero()[:, 0]
+
+
+@torch.no_grad()
+def keeps_packed_apart(model) -> bool:
+    """Whether `model` keeps sequences packed into one row apart (tokenize.pack): two short sequences packed
+    give the logits each gives in its own padded row. An attention that ignores the position ids' restarts
+    (custom code, absolute-position models without packed-mask support) fails, and training pads instead."""
+    rows = [list(range(5, 12)), [9, 8, 7], [6, 5, 9, 8]]  # the last two share a packed row
+    sequences = [TokenizedPair(ids, ids) for ids in rows]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        padded = target_logits(model, {k: v.to(device) for k, v in collate(sequences, 0).items()})[0]
+        packed = target_logits(model, {k: v.to(device) for k, v in pack(sequences, 0).items()})[0]
+    finally:
+        model.train(was_training)
+    return padded.shape == packed.shape and bool(torch.allclose(padded.float(), packed.float(), atol=1e-3, rtol=1e-3))
 
 
 def logits_at(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
@@ -121,10 +161,7 @@ def score_pairs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[tuple[str, str]],
-    max_length: int = 512,
-    batch_size: int = 32,
-    progress: bool = False,
-    template: str = "plain",
+    settings: ScoreSettings = ScoreSettings(),
     share_prompts: bool = True,
 ) -> list[float]:
     """Summed log-probability of each continuation given its prompt.
@@ -132,8 +169,8 @@ def score_pairs(
     Continuations of one prompt share its forward pass (see `score_sequences`); `share_prompts=False`
     runs every pair alone. The scores are the same either way, up to float rounding.
     """
-    sequences = [encode_pair(tokenizer, p, c, max_length, add_eos=False, template=template) for p, c in pairs]
-    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, progress, share_prompts)
+    sequences = _encode(tokenizer, pairs, settings)
+    return score_sequences(model, sequences, tokenizer.pad_token_id, settings, share_prompts)
 
 
 @torch.no_grad()
@@ -141,13 +178,13 @@ def score_sequences(
     model: PreTrainedModel,
     sequences: list[TokenizedPair],
     pad_id: int,
-    batch_size: int = 32,
-    progress: bool = False,
+    settings: ScoreSettings = ScoreSettings(),
     share_prompts: bool = True,
     desc: str = "scoring",
 ) -> list[float]:
     """Summed log-probability of each sequence's target tokens, in length-sorted batches of at most
-    `batch_size` rows and `token_budget(model)` tokens.
+    `settings.batch_size` rows and `token_budget(model)` tokens (the sequences are encoded already: the
+    settings' length and template are not used here).
 
     Sequences with the same prompt ids share work, as in lm-evaluation-harness: single-token targets
     (yes / no / maybe) are all read off one next-token distribution; longer targets (the options of a
@@ -173,15 +210,12 @@ def score_sequences(
             shared += [members[k : k + step] for k in range(0, len(members), step)]
         else:
             passes += [[i] for i in members]
-    batches = [
-        (_score_full, chunk)
-        for chunk in _length_batches(passes, sequences, batch_size, rows=lambda m: 1, budget=budget)
-    ]
-    batches += [(_score_shared, chunk) for chunk in _length_batches(shared, sequences, batch_size, rows=len,
-                                                                   budget=budget)]  # fmt: skip
+    rows = settings.batch_size
+    batches = [(_score_full, chunk) for chunk in _length_batches(passes, sequences, rows, lambda m: 1, budget)]
+    batches += [(_score_shared, chunk) for chunk in _length_batches(shared, sequences, rows, len, budget)]
     scores = [0.0] * len(sequences)
     device = next(model.parameters()).device
-    for b in eval_batches(model, len(batches), 1, progress, desc=desc):
+    for b in eval_batches(model, len(batches), 1, settings.progress, desc=desc):
         score, chunk = batches[b]
         score(model, sequences, chunk, pad_id, device, scores)
     return scores
@@ -286,12 +320,15 @@ def answer_nll(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[tuple[str, str]],
-    max_length: int = 512,
-    batch_size: int = 32,
-    template: str = "plain",
-    progress: bool = False,
+    settings: ScoreSettings = ScoreSettings(),
 ) -> list[float]:
     """Mean negative log-likelihood per target token of each (prompt, target) pair (no EOS counted)."""
-    sequences = [encode_pair(tokenizer, p, t, max_length, add_eos=False, template=template) for p, t in pairs]
-    logprobs = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, progress, desc="answer NLL")
+    sequences = _encode(tokenizer, pairs, settings)
+    logprobs = score_sequences(model, sequences, tokenizer.pad_token_id, settings, desc="answer NLL")
     return [-lp / max(1, s.n_target) for lp, s in zip(logprobs, sequences)]
+
+
+def _encode(tokenizer, pairs: list[tuple[str, str]], settings: ScoreSettings) -> list[TokenizedPair]:
+    """Each (prompt, target) as scoring reads it: no EOS after the target."""
+    return [encode_pair(tokenizer, p, t, settings.max_length, add_eos=False, template=settings.template)
+            for p, t in pairs]  # fmt: skip

@@ -2,7 +2,8 @@
 
 Each one is a `Regularizer`: it fills one loss part (`part`) of each micro-batch from `penalty`, and may keep
 state across steps (`on_step`, `on_stage_end`, `state_dict`). The recipe builds them from the config
-(`recipes/train.py: build_regularizers`) and calls them as a list.
+(`recipes/train.py: build_regularizers`) and calls them as a list; their states go into a checkpoint under
+"regularizers" (`regularizer_states`, `load_regularizer_states`).
 
 - `StoredTeacher`: ICFT's consistency term. The teacher is the model's own output distribution on each
   long-term memory item, stored when the item entered the memory (`losses.consistency_kl`). Each memory
@@ -96,6 +97,27 @@ class Regularizer:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def regularizer_states(regularizers: list[Regularizer]) -> dict[str, dict]:
+    """Each regularizer's state by name, for a checkpoint."""
+    return {r.name: r.state_dict() for r in regularizers}
+
+
+def load_regularizer_states(regularizers: list[Regularizer], saved: dict) -> None:
+    """Restore `regularizer_states` from a process's checkpoint state `saved`. A regularizer with state that the
+    checkpoint lacks (written under another loss or memory config) is a TrainingError."""
+    states = saved.get("regularizers")
+    if states is None:  # a checkpoint of an older version: EWC and the EMA teacher under keys of their own
+        states = {name: saved[name] for name in (EWC.name, EMATeacher.name) if saved.get(name) is not None}
+    for regularizer in regularizers:
+        if regularizer.name in states:
+            regularizer.load_state_dict(states[regularizer.name])
+        elif regularizer.state_dict():
+            raise TrainingError(
+                f"the checkpoint holds no state for the regularizer '{regularizer.name}': it was written under "
+                "another loss or memory config"
+            )
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:

@@ -96,6 +96,11 @@ class Kind:
         """Answered by generation (scored against `answer` as a reference)."""
         return False
 
+    def written_answer(self, ex: Example) -> str | None:
+        """The answer written out in words that the item teaches (an open answer, a dialogue's reply, a
+        preference pair's chosen answer); None where the answer is picked from options or nothing is asked."""
+        return self.answer(ex) if self.is_open(ex) else None
+
     def query(self, ex: Example) -> str:
         """What is asked (the input side): the text retrieval embeds, so a query question meets stored ones."""
         raise NotImplementedError
@@ -195,6 +200,9 @@ class Preference(Kind):
     def choice_type(self, ex: Example) -> str | None:
         return "preference"
 
+    def written_answer(self, ex: Example) -> str | None:
+        return ex.chosen
+
     def query(self, ex: Example) -> str:
         return ex.prompt
 
@@ -251,6 +259,11 @@ def kind_of(ex: Example) -> Kind:
 def is_choice(ex: Example) -> bool:
     """Items scored by likelihood of their candidates: multiple-choice and yes/no/maybe qa, preference pairs."""
     return kind_of(ex).candidates(ex) is not None
+
+
+def is_question(ex: Example) -> bool:
+    """A qa item (open, multiple-choice or yes/no/maybe), not a dialogue, a preference pair or plain text."""
+    return isinstance(kind_of(ex), QA)
 
 
 def choices(ex: Example) -> Choices:

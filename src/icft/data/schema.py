@@ -80,66 +80,81 @@ class Example:
         def fail(field_name: str | None, message: str) -> DataError:
             return DataError(path, line, field_name, message)
 
-        if not isinstance(record, dict):
-            raise fail(None, f"expected a JSON object, got {type(record).__name__}")
-        unknown = sorted(set(record) - KNOWN_FIELDS)
-        if unknown:
-            raise fail(unknown[0], f"unknown field (known fields: {', '.join(sorted(KNOWN_FIELDS))})")
-        for name, value in record.items():
-            problem = _not_unicode(value)
-            if problem:
-                raise fail(name, problem)
-        from_file = path != "<memory>"
-        if from_file and "id" not in record and line is not None:
-            record = {**record, "id": f"{path}:{line}"}
-        if from_file and "source" not in record:
-            record = {**record, "source": Path(path).stem}
-        for name in ("id", "kind", "source"):
-            if name not in record:
-                raise fail(name, "missing required field")
-            if not isinstance(record[name], str) or not record[name].strip():
-                raise fail(name, "must be a non-empty string")
-        kind = record["kind"]
-        if kind not in KINDS:
-            raise fail("kind", f"unknown kind '{kind}' (expected one of: {', '.join(KINDS)})")
-        for name in REQUIRED_FIELDS[kind]:
-            if name not in record or record[name] is None:
-                raise fail(name, f"missing required field for kind '{kind}' (a {kind} record needs "
-                                 f"{' and '.join(REQUIRED_FIELDS[kind])}): add it, or remove the record")  # fmt: skip
-        for name in ("text", "question", "context", "prompt", "chosen", "rejected", "stage"):
-            value = record.get(name)
-            if value is not None and not isinstance(value, str):
-                raise fail(name, f"must be a string, got {type(value).__name__}")
-        for name in REQUIRED_FIELDS[kind]:
-            if isinstance(record[name], str) and not record[name].strip():
-                raise fail(name, "must not be empty: give it text, or remove the record")
-
-        difficulty = record.get("difficulty")
-        if difficulty is not None:
-            if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)):
-                raise fail("difficulty", "must be a number in [0, 1]")
-            if not 0.0 <= float(difficulty) <= 1.0:
-                raise fail("difficulty", f"{difficulty} is outside [0, 1]")
-            difficulty = float(difficulty)
-        meta = record.get("meta", {})
-        if not isinstance(meta, dict):
-            raise fail("meta", "must be a JSON object")
-
-        answer = record.get("answer")
-        options = record.get("options")
+        _check_shape(record, fail)
+        if path != "<memory>":  # read from a file: the place and the file name stand in for id and source
+            if "id" not in record and line is not None:
+                record = {**record, "id": f"{path}:{line}"}
+            if "source" not in record:
+                record = {**record, "source": Path(path).stem}
+        kind = _check_fields(record, fail)
+        difficulty = _check_difficulty(record.get("difficulty"), fail)
+        meta = _check_meta(record.get("meta", {}), fail)
+        answer, options, turns = record.get("answer"), record.get("options"), record.get("turns")
         if kind == "qa":
             answer, options = _check_qa(answer, options, fail)
-        turns = record.get("turns")
         if kind == "dialogue":
             turns = _check_turns(turns, fail)
-
         return cls(
             id=record["id"], kind=kind, source=record["source"], stage=record.get("stage"),
-            difficulty=difficulty, text=record.get("text"), question=record.get("question"),
-            context=record.get("context"), options=options, answer=answer, prompt=record.get("prompt"),
-            chosen=record.get("chosen"), rejected=record.get("rejected"), turns=turns, meta=meta,
-            origin=path if line is None else f"{path}:{line}",
+            difficulty=difficulty, text=record.get("text"),
+            question=record.get("question"), context=record.get("context"), options=options, answer=answer,
+            prompt=record.get("prompt"), chosen=record.get("chosen"), rejected=record.get("rejected"), turns=turns,
+            meta=meta, origin=path if line is None else f"{path}:{line}",
         )  # fmt: skip
+
+
+def _check_shape(record: Any, fail) -> None:
+    """A JSON object of known fields whose texts are valid Unicode."""
+    if not isinstance(record, dict):
+        raise fail(None, f"expected a JSON object, got {type(record).__name__}")
+    unknown = sorted(set(record) - KNOWN_FIELDS)
+    if unknown:
+        raise fail(unknown[0], f"unknown field (known fields: {', '.join(sorted(KNOWN_FIELDS))})")
+    for name, value in record.items():
+        problem = _not_unicode(value)
+        if problem:
+            raise fail(name, problem)
+
+
+def _check_fields(record: dict[str, Any], fail) -> str:
+    """The record's kind, once id, kind and source are non-empty strings, the kind is known, its required
+    fields are there and not empty, and every text field is a string."""
+    for name in ("id", "kind", "source"):
+        if name not in record:
+            raise fail(name, "missing required field")
+        if not isinstance(record[name], str) or not record[name].strip():
+            raise fail(name, "must be a non-empty string")
+    kind = record["kind"]
+    if kind not in KINDS:
+        raise fail("kind", f"unknown kind '{kind}' (expected one of: {', '.join(KINDS)})")
+    for name in REQUIRED_FIELDS[kind]:
+        if name not in record or record[name] is None:
+            raise fail(name, f"missing required field for kind '{kind}' (a {kind} record needs "
+                             f"{' and '.join(REQUIRED_FIELDS[kind])}): add it, or remove the record")  # fmt: skip
+    for name in ("text", "question", "context", "prompt", "chosen", "rejected", "stage"):
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            raise fail(name, f"must be a string, got {type(value).__name__}")
+    for name in REQUIRED_FIELDS[kind]:
+        if isinstance(record[name], str) and not record[name].strip():
+            raise fail(name, "must not be empty: give it text, or remove the record")
+    return kind
+
+
+def _check_difficulty(difficulty: Any, fail) -> float | None:
+    if difficulty is None:
+        return None
+    if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)):
+        raise fail("difficulty", "must be a number in [0, 1]")
+    if not 0.0 <= float(difficulty) <= 1.0:
+        raise fail("difficulty", f"{difficulty} is outside [0, 1]")
+    return float(difficulty)
+
+
+def _check_meta(meta: Any, fail) -> dict[str, Any]:
+    if not isinstance(meta, dict):
+        raise fail("meta", "must be a JSON object")
+    return meta
 
 
 def _not_unicode(value: Any, depth: int = 0) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 
 from .schema import DataError, Example
 
@@ -47,19 +48,28 @@ def check_unique_ids(examples: list[Example]) -> None:
                             "unique across all files loaded together (remove the duplicate or give it a new id)")
 
 
-def group_key(ex: Example) -> str:
+def meta_group(ex: Example) -> str:
+    """The group an example is held out with: its first GROUP_KEYS meta field, else its own id."""
     return next((str(ex.meta[k]) for k in GROUP_KEYS if ex.meta.get(k)), ex.id)
 
 
-def split_validation(examples: list[Example], share: float) -> tuple[list[Example], list[Example]]:
-    """(train, validation): about `share` of the groups held out, chosen by a hash of the group key.
+def heldout_split(examples: list[Example], group_key: Callable[[Example], str],
+                  share: float) -> tuple[list[Example], list[Example]]:  # fmt: skip
+    """(kept, held out): about `share` of the groups held out, each example's group named by `group_key`; both
+    sides keep the input order.
 
-    A hash, not a random draw: the same example lands on the same side in every run and every process.
+    A hash of the group, not a random draw: the same example lands on the same side in every run and every
+    process, and all examples of one group land on one side.
     """
-    def held_out(ex: Example) -> bool:
-        digest = hashlib.sha256(group_key(ex).encode("utf-8")).hexdigest()
-        return int(digest[:8], 16) % 10_000 < share * 10_000
+    held = [hash_bucket(group_key(ex)) < share * 10_000 for ex in examples]
+    return [ex for ex, h in zip(examples, held) if not h], [ex for ex, h in zip(examples, held) if h]
 
-    train = [ex for ex in examples if not held_out(ex)]
-    validation = [ex for ex in examples if held_out(ex)]
-    return train, validation
+
+def split_validation(examples: list[Example], share: float) -> tuple[list[Example], list[Example]]:
+    """(train, validation) of data without a validation file: held out by `meta_group`."""
+    return heldout_split(examples, meta_group, share)
+
+
+def hash_bucket(key: str) -> int:
+    """0-9999 from the sha256 of the key."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 10_000

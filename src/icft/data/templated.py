@@ -19,6 +19,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from .kinds import kind_of
 from .schema import Example
 
 TOP_OPENERS = 10
@@ -38,14 +39,7 @@ class TemplateMeasures:
 
 def answer_side(ex: Example) -> str | None:
     """The text a record teaches a model to answer with, or None (text records, multiple choice)."""
-    if ex.kind == "dialogue" and ex.turns:
-        replies = [t["content"] for t in ex.turns if t.get("role") == "assistant"]
-        return replies[-1] if replies else None
-    if ex.kind == "preference":
-        return ex.chosen
-    if ex.kind == "qa" and not ex.options and isinstance(ex.answer, str):
-        return ex.answer
-    return None
+    return kind_of(ex).written_answer(ex)
 
 
 def words(text: str) -> list[str]:

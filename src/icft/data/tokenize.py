@@ -1,4 +1,4 @@
-"""Token ids for (prompt, target) pairs, and right-padded batches of them.
+"""Token ids for (prompt, target) pairs, and batches of them: right-padded rows, or packed into one row.
 
 Labels are -100 on prompt and padding tokens, so losses and scores only count target tokens.
 When a pair is too long the prompt loses tokens from its start: the target is what we learn or score.
@@ -69,3 +69,43 @@ def collate(sequences: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tens
         labels[i, :n] = torch.tensor(s.labels)
         attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def pack(sequences: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Sequences laid end to end in rows as wide as the longest of them, in order (a sequence that does not fit
+    in the current row starts the next): input_ids, labels and position_ids, and `rows`, the sequence each
+    token belongs to (-1 on the padding that ends a row).
+
+    Position ids restart at 0 for each sequence. Given position ids and no attention mask, transformers
+    reads the restarts as packed sequences and keeps them apart (a block-diagonal causal mask; masking_utils'
+    find_packed_sequence_indices), so each sequence sees only itself, as in its own padded row. Rows no wider
+    than the longest sequence keep attention's cost (the square of a row's width) what padding had it. The
+    first label of each sequence is ignored: in a padded batch nothing predicts it, and here the previous
+    sequence's last token would. In order, so the target tokens come out in the padded batch's order.
+    """
+    width = max(len(s.input_ids) for s in sequences)
+    layout: list[list[int]] = [[]]  # the sequences of each row
+    for i, s in enumerate(sequences):
+        if layout[-1] and sum(len(sequences[j].input_ids) for j in layout[-1]) + len(s.input_ids) > width:
+            layout.append([])
+        layout[-1].append(i)
+    input_ids = torch.full((len(layout), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(layout), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(layout), width), dtype=torch.long)
+    rows = torch.full((len(layout), width), -1, dtype=torch.long)
+    for r, members in enumerate(layout):
+        at = 0
+        for i in members:
+            s, n = sequences[i], len(sequences[i].input_ids)
+            input_ids[r, at : at + n] = torch.tensor(s.input_ids)
+            labels[r, at + 1 : at + n] = torch.tensor(s.labels[1:], dtype=torch.long)
+            positions[r, at : at + n] = torch.arange(n)
+            rows[r, at : at + n] = i
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # the padding: a sequence of its own, never scored
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "rows": rows}
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The tokens a padded or packed batch puts through the model, padding not counted."""
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else int((batch["rows"] >= 0).sum())

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..data.formatting import reference
-from ..data.kinds import choice_type, kind_of
+from ..data.kinds import choice_type, is_question, kind_of
 from ..data.kinds import choices as choices  # the candidate texts and the right one's index
 from ..data.kinds import is_choice as is_choice
 from ..data.schema import YES_NO_MAYBE, Example
@@ -64,10 +64,10 @@ def trivial_baselines(examples: Sequence[Example]) -> dict[str, dict[str, float]
     text that is right most often where option texts repeat, else the best position), `position-prior`
     (the single option position that is right most often). Generated answers (open qa, dialogue): `rougeL`
     of the best constant answer, under `majority`."""
-    qa = [ex for ex in examples if ex.kind == "qa" and ex.options]
+    qa = [ex for ex in examples if is_question(ex) and is_choice(ex)]
     yn = [ex for ex in qa if is_yes_no_maybe(ex)]
     mc = [ex for ex in qa if not is_yes_no_maybe(ex)]
-    n_pref = sum(ex.kind == "preference" for ex in examples)
+    n_pref = sum(choice_type(ex) == "preference" for ex in examples)
     out: dict[str, dict[str, float]] = {name: {} for name in BASELINES}
     if qa:
         out["random"]["accuracy"] = float(np.mean([1 / len(ex.options) for ex in qa]))
@@ -86,7 +86,7 @@ def trivial_baselines(examples: Sequence[Example]) -> dict[str, dict[str, float]
     if n_pref:
         for name in BASELINES:
             out[name]["preference_accuracy"] = 0.5
-    generated = [ex for ex in examples if (ex.kind == "qa" and not ex.options) or ex.kind == "dialogue"]
+    generated = [ex for ex in examples if kind_of(ex).is_open(ex)]
     if generated:
         out["majority"]["rougeL"] = constant_answer_rouge([reference(ex) for ex in generated])
     return {name: values for name, values in out.items() if values}
@@ -164,7 +164,7 @@ def _question(ex: Example) -> str:
 def first_option(ex: Example) -> list[float]:
     # A preference pair's stored order is invisible to a scorer: both candidates tie.
     options, _ = choices(ex)
-    return [0.0] * len(options) if ex.kind == "preference" else [-float(i) for i in range(len(options))]
+    return [0.0] * len(options) if choice_type(ex) == "preference" else [-float(i) for i in range(len(options))]
 
 
 def longest_option(ex: Example) -> list[float]:

@@ -19,6 +19,7 @@ eval`, `icft compare`, the benchmarks) aggregates: this module is the one evalua
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections import defaultdict
@@ -29,23 +30,39 @@ from typing import Any, TextIO
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .. import tables
 from ..data.formatting import is_open_ended, reference
-from ..data.kinds import choice_type, choices, kind_of
+from ..data.kinds import choice_type, choices, is_question, kind_of
 from ..data.prompt_format import PromptFormat
 from ..data.schema import YES_NO_MAYBE, Example
 from ..data.tokenize import collate, encode_pair
-from ..likelihood import answer_nll, budget_batches, eval_batches, sequence_logprobs, target_logits, token_budget
+from ..likelihood import (
+    ScoreSettings,
+    answer_nll,
+    budget_batches,
+    eval_batches,
+    sequence_logprobs,
+    target_logits,
+    token_budget,
+)
 from . import metrics as M
+from . import registry
 from .baselines import label_recalls
 from .generation import EVAL_MAX_NEW_TOKENS, context_limit, generate_answers
 from .scoring import ChoiceScores, choice_accuracy, is_scorable, score_choices
 
-# Table and JSON order; metrics not listed here follow in alphabetical order.
-METRIC_ORDER = [
-    "accuracy", "accuracy_norm", "macro_f1", "preference_accuracy", "answer_nll", "perplexity",
-    "bleu", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "embedding_similarity", "mean_length",
-]  # fmt: skip
 GROUP_FIELDS = ("kind", "source", "stage", "tier")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How `evaluate_examples` runs, besides the prompt format: rows per batch (a batch also holds at most
+    `likelihood.token_budget` tokens), the most tokens a generated answer may have, and progress bars on
+    stderr."""
+
+    batch_size: int = 32
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS
+    progress: bool = False
 
 
 @dataclass
@@ -76,62 +93,51 @@ class EvalResult:
 
 def evaluate_examples(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
     examples: list[Example],
-    *,
+    settings: EvalSettings = EvalSettings(),
     embedder: M.Embedder | None = None,
-    max_length: int = 512,
-    batch_size: int = 32,
-    max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
-    progress: bool = True,
-    template: str = "plain",
-    fmt: PromptFormat | None = None,
 ) -> EvalResult:
     """Every metric the examples allow (see the module docstring) and one record per example; the model is
-    left in its former mode.
+    left in its former mode. `embedder` adds `embedding_similarity` to the metrics of generated answers.
 
-    `fmt` is the prompt format the model was trained with (a run's `Run.format`; without one, `template` on
-    `tokenizer`): scoring, generation and answer NLL prompts go through it; references stay plain text.
-    `max_length` stays this evaluation's own length, as for a base model.
+    `fmt` is the prompt format the model is asked in (a run's `Run.format`; a base model's
+    `PromptFormat(tokenizer, template, max_length)`): scoring, generation and answer NLL prompts go through
+    it, cut to its `max_length` tokens (or the model's position limit, if lower); references stay plain text.
     """
-    fmt = fmt or PromptFormat(tokenizer, template)
-    max_length = context_limit(model, max_length)
-    metrics: dict[str, Any] = {}
+    fmt = dataclasses.replace(fmt, max_length=context_limit(model, fmt.max_length))
     items = [{"id": ex.id, "kind": ex.kind} for ex in examples]
     position = {id(ex): i for i, ex in enumerate(examples)}  # by object: ids may repeat across merged files
 
     scorable = [ex for ex in examples if is_scorable(ex)]
-    scores = score_choices(model, tokenizer, scorable, max_length, batch_size, progress, fmt=fmt) if scorable else []
-    metrics.update(_choice_metrics(scores))
+    scores = score_choices(model, fmt, scorable, settings.batch_size, settings.progress) if scorable else []
     hits = [_is_hit(s) for s in scores]
     for s, hit in zip(scores, hits):
         items[position[id(s.example)]]["hit"] = int(hit)
+    metrics: dict[str, Any] = _choice_metrics(scores)
 
     open_ended = [ex for ex in examples if is_open_ended(ex)]
     if open_ended:
-        prompts = [fmt.prompt(ex) for ex in open_ended]
-        # A model trained on short sequences keeps half its context for the prompt.
-        budget = min(max_new_tokens, max_length // 2)
-        hyps = generate_answers(model, tokenizer, prompts, budget, batch_size, max_length=max_length,
-                                progress=progress, fmt=fmt)  # fmt: skip
+        answers = _generate(model, fmt, open_ended, settings)
         refs = [reference(ex) for ex in open_ended]
-        metrics.update(generation_metrics(hyps, refs, embedder))
-        for ex, hyp, rouge_l in zip(open_ended, hyps, M.rouge_l_scores(hyps, refs)):
-            items[position[id(ex)]].update(answer=hyp, rougeL=rouge_l)
+        metrics.update(generation_metrics(answers, refs, embedder))
+        for ex, answer, rouge_l in zip(open_ended, answers, M.rouge_l_scores(answers, refs)):
+            items[position[id(ex)]].update(answer=answer, rougeL=rouge_l)
 
-    texts = [ex.text for ex in examples if ex.kind == "text"]
+    texts = [kind_of(ex).answer(ex) for ex in examples if not kind_of(ex).asks]  # plain text: perplexity
     if texts:
-        metrics["perplexity"] = perplexity(model, tokenizer, texts, max_length, batch_size, progress)
+        metrics["perplexity"] = perplexity(model, fmt.tokenizer, texts, fmt.max_length, settings.batch_size,
+                                           settings.progress)  # fmt: skip
 
     pairs = [fmt.pair(ex) for ex in examples]
-    nll = answer_nll(model, tokenizer, pairs, max_length, batch_size, template=fmt.template,
-                     progress=progress) if pairs else []  # fmt: skip
+    scoring = ScoreSettings.of(fmt, settings.batch_size, settings.progress)
+    nll = answer_nll(model, fmt.tokenizer, pairs, scoring) if pairs else []
     for record, value in zip(items, nll):
         record["answer_nll"] = value
     if nll:
         metrics["answer_nll"] = sum(nll) / len(nll)
 
-    metrics = _ordered(metrics)
+    metrics = registry.ordered(metrics)
     if scores:
         metrics["accuracy_by"] = _accuracy_by(scores, hits)
     return EvalResult(
@@ -140,6 +146,14 @@ def evaluate_examples(
         n_examples=len(examples),
         items=items,
     )
+
+
+def _generate(model: PreTrainedModel, fmt: PromptFormat, examples: list[Example], settings: EvalSettings) -> list[str]:
+    """The model's greedy answers to open examples. A model trained on short sequences keeps half its context
+    for the prompt."""
+    budget = min(settings.max_new_tokens, fmt.max_length // 2)
+    prompts = [fmt.prompt(ex) for ex in examples]
+    return generate_answers(model, fmt, prompts, budget, settings.batch_size, settings.progress)
 
 
 def generation_metrics(hyps: list[str], refs: list[str], embedder: M.Embedder | None = None) -> dict[str, float]:
@@ -187,18 +201,17 @@ def perplexity(
 
 def evaluate_files(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
     paths: list[str | Path],
-    *,
     max_examples: int | None = None,
-    **kwargs: Any,
+    settings: EvalSettings = EvalSettings(),
 ) -> dict[str, EvalResult]:
     """`evaluate_examples` on each file (its first `max_examples`), keyed by file name.
 
     Raises DataError (from the loaders) for a missing or malformed file before any model work starts.
     """
     datasets = load_files(paths, max_examples)
-    return {name: evaluate_examples(model, tokenizer, exs, **kwargs) for name, exs in datasets.items()}
+    return {name: evaluate_examples(model, fmt, exs, settings) for name, exs in datasets.items()}
 
 
 def load_files(
@@ -220,8 +233,7 @@ def count_cut(fmt: PromptFormat, examples: list[Example], max_length: int) -> tu
     holds at least one byte), so only long texts are tokenized."""
     n_cut = 0
     for ex in examples:
-        pairs = [fmt.pair(ex)] + ([fmt.pair(ex, "rejected")] if ex.kind == "preference" else [])
-        for prompt, target in pairs:
+        for prompt, target in (fmt.pair(ex, side) for side in kind_of(ex).sides):
             if len(prompt.encode("utf-8")) + len(target.encode("utf-8")) + 2 <= max_length:
                 continue
             ids = fmt.tokenizer(prompt + target, add_special_tokens=False, verbose=False)["input_ids"]
@@ -233,16 +245,10 @@ def count_cut(fmt: PromptFormat, examples: list[Example], max_length: int) -> tu
 
 def format_table(results: dict[str, EvalResult]) -> str:
     """A fixed-width table: one row per file, one column per metric any file has ('-' where it has none)."""
-    columns = list(_ordered({k: 0.0 for r in results.values() for k in r.scalars()}))
-    header = ["file", "n", *columns]
-    rows = [[name, str(r.n_examples), *(_cell(r.metrics.get(c)) for c in columns)] for name, r in results.items()]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        # the file name reads best left-aligned, numbers right-aligned
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    columns = list(registry.ordered({k: 0.0 for r in results.values() for k in r.scalars()}))
+    rows = [[name, str(r.n_examples), *(tables.cell(r.metrics.get(c), 4) for c in columns)]
+            for name, r in results.items()]  # fmt: skip
+    return "\n".join(tables.text(["file", "n", *columns], rows))
 
 
 def print_table(
@@ -294,17 +300,17 @@ def _is_hit(s: ChoiceScores) -> bool:
 
 def _choice_metrics(scores: list[ChoiceScores]) -> dict[str, float]:
     out: dict[str, float] = {}
-    qa = [s for s in scores if s.example.kind == "qa"]
-    if qa:
-        out["accuracy"] = choice_accuracy(qa)
-        out["accuracy_norm"] = choice_accuracy(qa, normalised=True)
-    yes_no_maybe = [s for s in qa if s.example.options == YES_NO_MAYBE]
+    questions = [s for s in scores if is_question(s.example)]
+    if questions:
+        out["accuracy"] = choice_accuracy(questions)
+        out["accuracy_norm"] = choice_accuracy(questions, normalised=True)
+    yes_no_maybe = [s for s in questions if choice_type(s.example) == "yes/no/maybe"]
     if yes_no_maybe:
         golds = [YES_NO_MAYBE[s.gold] for s in yes_no_maybe]
         preds = [YES_NO_MAYBE[s.pred] for s in yes_no_maybe]
         out["macro_f1"] = M.macro_f1(golds, preds, YES_NO_MAYBE)
         out.update(label_recalls(golds, preds))  # accuracy hides a model that always says "yes"
-    preference = [s for s in scores if s.example.kind == "preference"]
+    preference = [s for s in scores if choice_type(s.example) == "preference"]
     if preference:
         out["preference_accuracy"] = choice_accuracy(preference, normalised=True)
     return out
@@ -332,19 +338,10 @@ def _error_record(s: ChoiceScores) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _ordered(metrics: dict[str, float]) -> dict[str, float]:
-    rank = {name: i for i, name in enumerate(METRIC_ORDER)}
-    return dict(sorted(metrics.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
-
-
 def label_files(paths: list[str | Path]) -> dict[str, str | Path]:
     """A file's name labels its results; the full path only where two files share a name."""
     names = [str(p).split(":", 1)[1] if str(p).startswith("bundled:") else Path(str(p)).name for p in paths]
     return {(name if names.count(name) == 1 else str(p)): p for name, p in zip(names, paths)}
-
-
-def _cell(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -7,11 +7,10 @@ tokenizer's `padding_side`. `generate` derives position ids from the attention m
 gets the same positions as the row alone; this holds for the embedded BERT decoder's absolute position
 embeddings too (tests/test_evaluation.py checks batched against one-by-one output).
 
-Prompts are texts of a prompt format (`PromptFormat`, or ``template`` on the tokenizer) and become ids through
-it (`PromptFormat.prompt_ids`). With ``template="chat"`` the prompts are chat renderings
-(`formatting.prompt_and_target(..., template="chat")`): they already hold BOS and end with the generation
-prompt, so no BOS is added, and generation also stops at the template's end-of-turn token (e.g.
-``<|im_end|>``), which for many chat models is not the tokenizer's EOS.
+Prompts are texts of a prompt format (`PromptFormat`) and become ids through it (`PromptFormat.prompt_ids`).
+With the chat template the prompts are chat renderings (`formatting.prompt_and_target(..., template="chat")`):
+they already hold BOS and end with the generation prompt, so no BOS is added, and generation also stops at the
+template's end-of-turn token (e.g. ``<|im_end|>``), which for many chat models is not the tokenizer's EOS.
 """
 
 from __future__ import annotations
@@ -35,25 +34,23 @@ GENERATION_BUDGET_FACTOR = 4
 @torch.no_grad()
 def generate_answers(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
     prompts: list[str],
     max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
     batch_size: int = 16,
-    max_length: int = 512,
     progress: bool = False,
-    template: str = "plain",
-    fmt: PromptFormat | None = None,
 ) -> list[str]:
-    """The greedy continuation of each prompt, up to EOS or `max_new_tokens`, without the prompt.
+    """The greedy continuation of each prompt (a text of `fmt`), up to EOS or `max_new_tokens`, without the
+    prompt.
 
-    A prompt longer than `max_length - max_new_tokens` tokens (or the model's position limit) loses
-    tokens from its start, as in training: the end of the prompt is what the answer follows from.
+    A prompt longer than the format's `max_length - max_new_tokens` tokens (or the model's position limit)
+    loses tokens from its start, as in training: the end of the prompt is what the answer follows from.
     """
-    limit = context_limit(model, max_length)
+    tokenizer = fmt.tokenizer
+    limit = context_limit(model, fmt.max_length)
     room = limit - max_new_tokens
     if room < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {limit} tokens")
-    fmt = fmt or PromptFormat(tokenizer, template)
     encoded = [_fit(fmt.prompt_ids(p), room, tokenizer.bos_token_id) for p in prompts]
     stop = fmt.stop_ids()
     # Longest first: similar lengths share a batch, so little padding, and a too-large batch fails at once.
@@ -119,8 +116,7 @@ def own_answers(model, fmt, prompts: list[Example], new_tokens: int, batch_size:
     gives it no end of turn to learn."""
     if not prompts:
         return []
-    texts = generate_answers(model, fmt.tokenizer, [fmt.prompt(ex) for ex in prompts], max_new_tokens=new_tokens,
-                             batch_size=batch_size, max_length=fmt.max_length, fmt=fmt)  # fmt: skip
+    texts = generate_answers(model, fmt, [fmt.prompt(ex) for ex in prompts], new_tokens, batch_size)
     out = []
     for ex, text in zip(prompts, texts):
         if not text.strip():

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import tables
+from . import registry
 from .statistics import paired_items
-
-METRICS = ("accuracy", "macro_f1", "preference_accuracy", "rougeL", "answer_nll")
-LOWER_IS_BETTER = ("answer_nll",)
 
 
 @dataclass
@@ -28,11 +27,21 @@ class Row:
     def change(self) -> float:
         return self.trained - self.untrained
 
+    @property
+    def label(self) -> str:
+        """The metric as a table row names it, with its direction where lower is better."""
+        return self.metric + (" (lower=better)" if registry.metric(self.metric).lower_is_better else "")
+
+    @property
+    def better(self) -> bool:
+        """Whether the change goes the metric's good way (down, for a metric where lower is better)."""
+        return (self.change < 0) == registry.metric(self.metric).lower_is_better
+
 
 def group_rows(group: str, untrained, trained, baselines: dict[str, dict[str, float]]) -> list[Row]:
     """The rows of one group of items (a file): `untrained` and `trained` are EvalResults on the same items."""
     rows = []
-    for metric in METRICS:
+    for metric in registry.names(paired=True):
         if metric not in trained.metrics:
             continue
         values = [_item_values(result, metric) for result in (untrained, trained)]
@@ -43,6 +52,20 @@ def group_rows(group: str, untrained, trained, baselines: dict[str, dict[str, fl
         rows.append(Row(group, metric, len(values[1]) or untrained.n_examples, untrained.metrics[metric],
                         trained.metrics[metric], diff and diff.low, diff and diff.high, best[0], best[2]))  # fmt: skip
     return rows
+
+
+def table(rows: list[Row], header: list[str]) -> list[str]:
+    """The rows as a plain-text table under `header` (group, metric, n, untrained, trained, change, baseline):
+    the change with its 95% interval where the metric has per-item values, and the best trivial baseline by
+    name."""
+    cells = []
+    for r in rows:
+        interval = tables.cell(r.change, sign=True)
+        if r.low is not None:
+            interval += f" [{tables.cell(r.low, sign=True)}, {tables.cell(r.high, sign=True)}]"
+        floor = f"{tables.cell(r.baseline)} ({r.baseline_name})" if r.baseline is not None else "-"
+        cells.append([r.group, r.label, str(r.n), tables.cell(r.untrained), tables.cell(r.trained), interval, floor])
+    return tables.text(header, cells)
 
 
 def _item_values(result, metric: str) -> dict[str, float]:

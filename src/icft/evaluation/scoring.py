@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from ..data.kinds import is_choice
 from ..data.prompt_format import PromptFormat
 from ..data.schema import Example
-from ..likelihood import score_pairs
+from ..likelihood import ScoreSettings, score_pairs
 
 
 @dataclass
@@ -35,23 +35,20 @@ class ChoiceScores:
 
 def score_choices(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
     examples: list[Example],
-    max_length: int = 512,
     batch_size: int = 32,
     progress: bool = False,
-    template: str = "plain",
-    fmt: PromptFormat | None = None,
 ) -> list[ChoiceScores]:
-    """Score every candidate of every multiple-choice qa or preference example in one batched pass.
+    """Score every candidate of every multiple-choice qa or preference example in one batched pass, cut to
+    the format's `max_length` tokens.
 
-    The candidates are the prompt format's (`fmt`, or `template` on `tokenizer`): with chat, the bare answer
-    after the chat prompt (`formatting.candidates`).
+    The candidates are the prompt format's: with chat, the bare answer after the chat prompt
+    (`formatting.candidates`).
     """
-    fmt = fmt or PromptFormat(tokenizer, template)
     items = [fmt.candidates(ex) for ex in examples]
     pairs = [(prompt, c) for prompt, cands, _ in items for c in cands]
-    flat = score_pairs(model, tokenizer, pairs, max_length, batch_size, progress, fmt.template)
+    flat = score_pairs(model, fmt.tokenizer, pairs, ScoreSettings.of(fmt, batch_size, progress))
     out, k = [], 0
     for ex, (_, cands, gold) in zip(examples, items):
         out.append(ChoiceScores(ex, flat[k : k + len(cands)], [len(c.strip()) for c in cands], gold))

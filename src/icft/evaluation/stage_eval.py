@@ -17,7 +17,7 @@ import random
 
 from ..data.prompt_format import PromptFormat
 from ..data.schema import Example
-from ..likelihood import answer_nll
+from ..likelihood import ScoreSettings, answer_nll
 from . import metrics as M
 from .scoring import choice_accuracy, is_scorable, score_choices
 
@@ -35,7 +35,7 @@ def stage_row(model, fmt: PromptFormat, groups: list[list[Example]], max_example
     row: dict[str, list] = {"accuracy": [], "accuracy_norm": [], "nll": []}
     for group in groups:
         scorable = fixed_sample([ex for ex in group if is_scorable(ex)], max_examples)
-        scores = score_choices(model, fmt.tokenizer, scorable, max_length=fmt.max_length, fmt=fmt) if scorable else []
+        scores = score_choices(model, fmt, scorable) if scorable else []
         row["accuracy"].append(choice_accuracy(scores) if scores else None)
         row["accuracy_norm"].append(choice_accuracy(scores, normalised=True) if scores else None)
         nll = _answer_nll(model, fmt, fixed_sample(group, max_examples))
@@ -51,7 +51,7 @@ def validation_loss(model, fmt: PromptFormat, examples: list[Example], max_examp
 
 def _answer_nll(model, fmt: PromptFormat, examples: list[Example]) -> list[float]:
     pairs = [fmt.pair(ex) for ex in examples]
-    return answer_nll(model, fmt.tokenizer, pairs, fmt.max_length, template=fmt.template) if pairs else []
+    return answer_nll(model, fmt.tokenizer, pairs, ScoreSettings.of(fmt)) if pairs else []
 
 
 def stage_report(stage_names: list[str], rows: list[dict]) -> dict:

@@ -23,10 +23,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
+from . import registry
+
 N_RESAMPLES = 2000
 CONFIDENCE = 0.95
-# Item-level metrics kept per test file in items.json, and run-level metrics from stage_eval.json.
-ITEM_METRICS = ("accuracy", "preference_accuracy", "rougeL")
+# Item-level metrics: the means over items (the registry's paired ones), each paired where items.json keeps
+# its per-item scores (macro-F1 is not a mean over items, so it has none). Run-level metrics from
+# stage_eval.json: how much of each stage a method keeps.
+ITEM_METRICS = tuple(registry.names(paired=True))
 RUN_METRICS = ("forgetting", "average_accuracy")
 
 

@@ -2,20 +2,19 @@
 
 The conversation goes through the prompt format the model was trained in (`Engine.format`): its chat
 template for a run trained with it, else icft's Patient/Doctor format (what `dialogue` examples train).
-`/memory` shows the facts retrieved for the last answer, `/reset` forgets the conversation, `/help` lists
-the commands, Ctrl-D (end of input) leaves. When the conversation outgrows the context limit, its oldest
-turns are left out of the prompt.
+`/memory` shows the facts retrieved for the last answer (or says that none passed the run's relevance
+floor), `/reset` forgets the conversation, `/help` lists the commands, Ctrl-D (end of input) leaves. When the
+conversation outgrows the context limit, its oldest turns are left out of the prompt.
 """
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 from typing import TextIO
 
-from transformers import TextIteratorStreamer
-
-from .generate import Completion, Engine, InputError, Prompt, StopFlag
+from .generate import Completion, Engine, InputError, Prompt, Row, StopFlag
 
 BANNER = (
     "icft chat with {name}. This model is a research artefact, not a source of medical advice: "
@@ -81,24 +80,33 @@ def _read(stdin: TextIO, stdout: TextIO) -> str | None:
 def _answer(
     engine: Engine, history: list[dict[str, str]], max_new_tokens: int, temperature: float, stdout: TextIO
 ) -> Completion:
+    """The answer to the conversation, printed piece by piece as it is generated (in a thread of its own, so that
+    Ctrl-C here stops it at the next token)."""
     prompt = _fitting_prompt(engine, history, max_new_tokens)
-    streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    pieces: queue.Queue[str | None] = queue.Queue()  # None: the answer is over
+
+    def on_text(piece: str, end: bool) -> None:
+        pieces.put(piece)
+        if end:
+            pieces.put(None)
+
     stop = StopFlag()
+    row = Row(prompt, max_new_tokens, on_text=on_text, cancel=stop)
     result: list[Completion] = []
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            result.extend(engine.generate([prompt], max_new_tokens, temperature, streamer=streamer, stop_flag=stop))
+            result.extend(engine.generate_rows([row], temperature))
         except BaseException as error:  # reported below, in the main thread
             failure.append(error)
-            streamer.end()
+        pieces.put(None)  # no-op after the streamer's own end: printing stops at the first None
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     print("model> ", end="", file=stdout, flush=True)
     try:
-        for piece in streamer:
+        while (piece := pieces.get()) is not None:
             print(piece, end="", file=stdout, flush=True)
     except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
         stop.set()
@@ -106,7 +114,7 @@ def _answer(
     print(file=stdout)
     if failure:
         raise failure[0]
-    return result[0] if result else Completion("", len(prompt.ids), 0, "stop", prompt.retrieved)
+    return result[0] if result else Completion("", len(prompt.ids), 0, "stop", prompt.retrieved, prompt.unmet_floor)
 
 
 def _fitting_prompt(engine: Engine, history: list[dict[str, str]], max_new_tokens: int) -> Prompt:
@@ -123,6 +131,8 @@ def _show_memory(engine: Engine, last: Completion | None, stdout: TextIO) -> Non
         print("(retrieval is off: start the chat with --retrieve K)", file=stdout)
     elif last is None:
         print("(nothing retrieved yet: ask something first)", file=stdout)
+    elif last.unmet_floor is not None:
+        print(f"(no fact passed the floor {last.unmet_floor:g} for the last answer)", file=stdout)
     elif not last.retrieved:
         print("(nothing was retrieved for the last answer)", file=stdout)
     for i, hit in enumerate(last.retrieved if last else [], start=1):

@@ -84,18 +84,7 @@ def dispatch(args: argparse.Namespace) -> int:
             export(args.run, args.output, merge=args.merge, overwrite=args.overwrite)
             return 0
         if args.command == "serve":
-            from .serve import check_api_key, serve
-
-            check_api_key(args.api_key)  # before the model loads
-            for option, value, low in (("--queue-size", args.queue_size, 1), ("--batch-size", args.batch_size, 1)):
-                if value < low:
-                    raise InputError(f"{option} must be >= {low}, got {value}")
-            if not 0 < args.request_timeout < 10**7:  # also refuses nan and inf
-                raise InputError(f"--request-timeout must be > 0 seconds (and finite), got {args.request_timeout}")
-            engine = _engine(args, name=args.model_name)
-            return serve(engine, host=args.host, port=args.port, queue_size=args.queue_size, api_key=args.api_key,
-                         allow_hosts=args.allow_host, batch_size=args.batch_size,
-                         request_timeout=args.request_timeout)  # fmt: skip
+            return serve_command(args)
     except (InputError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -115,66 +104,37 @@ def _engine(args: argparse.Namespace, name: str | None = None) -> Any:
     )
 
 
+def serve_command(args: argparse.Namespace) -> int:
+    """The options checked before the model loads (seconds, not minutes, to a typo's error), then serve."""
+    from .generate import InputError
+    from .serve import Limits, check_api_key, serve
+
+    check_api_key(args.api_key)
+    for option, value, low in (("--queue-size", args.queue_size, 1), ("--batch-size", args.batch_size, 1)):
+        if value < low:
+            raise InputError(f"{option} must be >= {low}, got {value}")
+    if not 0 < args.request_timeout < 10**7:  # also refuses nan and inf
+        raise InputError(f"--request-timeout must be > 0 seconds (and finite), got {args.request_timeout}")
+    limits = Limits(queue_size=args.queue_size, batch_size=args.batch_size, request_timeout=args.request_timeout)
+    engine = _engine(args, name=args.model_name)
+    return serve(engine, args.host, args.port, limits, api_key=args.api_key, allow_hosts=args.allow_host)
+
+
 def generate_command(args: argparse.Namespace) -> int:
     """Answers printed one per block; `--json` gets them with the retrieved ids and similarity scores."""
-    from ..data.formatting import reference
-    from ..data.schema import DataError
-    from ..data.sources import load_data
     from ..io import check_output_file, write_json
-    from ..memory.retrieval import add_retrieved_context
-    from .generate import InputError
 
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise InputError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.raw and args.data:
-        raise InputError("--raw applies to --prompt (raw text to continue), not to --data")
+    _check_generate_options(args)
     if args.json:
         check_output_file(args.json, "--json")  # before the model loads, not after every answer is generated
-    examples = []
-    if args.data:
-        try:
-            examples = [ex for ex in load_data([args.data], quiet=True) if ex.kind != "text"]
-        except (DataError, OSError) as error:
-            raise InputError(str(error)) from None
-        if not examples:
-            raise InputError(f"{args.data}: no qa, dialogue or preference records to answer")
+    examples = _records_to_answer(args.data) if args.data else []
     engine = _engine(args)
-    if examples:
-        hits = [[] for _ in examples]
-        if engine.retrieve_k:
-            examples, hits = add_retrieved_context(examples, engine.retriever, engine.retrieve_k, engine.tokenizer,
-                                                   engine.limit, args.max_new_tokens, fmt=engine.format)  # fmt: skip
-        # each record asked in the run's prompt format, as training and `icft eval` ask it
-        prompts = [replace(engine.example_prompt(ex), retrieved=h) for ex, h in zip(examples, hits)]
-        ids = [ex.id for ex in examples]
-    elif args.raw:
-        prompts = [engine.completion_prompt(p, args.max_new_tokens) for p in args.prompt]
-    else:
-        # a question is a user turn, as `icft chat` and `serve` ask it: a chat model given raw text may end at once
-        prompts = [engine.chat_prompt([{"role": "user", "content": p}], args.max_new_tokens) for p in args.prompt]
-    if not examples:
-        ids = [f"prompt-{i}" for i in range(len(prompts))]
+    ids, prompts = _prompts(engine, args, examples)
     prompts = [engine.truncate(p, args.max_new_tokens) for p in prompts]
     completions = engine.generate(prompts, args.max_new_tokens, args.temperature, batch_size=args.batch_size)
-
     records = []
     for i, (id_, prompt, c) in enumerate(zip(ids, prompts, completions)):
-        record = {
-            "id": id_,
-            "prompt": prompt.text,
-            "answer": c.text,
-            "finish_reason": c.finish_reason,
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "retrieved": [{"id": h.id, "score": round(h.score, 6), "source": h.source} for h in c.retrieved],
-        }
-        if examples:
-            record["reference"] = reference(examples[i])
-        records.append(record)
+        records.append(_answer_record(id_, prompt, c, examples[i] if examples else None))
         found = ", ".join(f"{h.id} ({h.score:.3f})" for h in c.retrieved)
         print(f"[{id_}] {c.text}" + (f"\n  retrieved: {found}" if found else ""))
     if args.json:
@@ -187,3 +147,70 @@ def generate_command(args: argparse.Namespace) -> int:
         write_json(args.json, {"model": engine.name, "settings": settings, "answers": records})
         print(f"wrote {args.json}")
     return 0
+
+
+def _check_generate_options(args: argparse.Namespace) -> None:
+    from .generate import InputError
+
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise InputError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.raw and args.data:
+        raise InputError("--raw applies to --prompt (raw text to continue), not to --data")
+
+
+def _records_to_answer(path: str) -> list[Any]:
+    """The data file's qa, dialogue and preference records (text records have no question to answer)."""
+    from ..data.kinds import kind_of
+    from ..data.schema import DataError
+    from ..data.sources import load_data
+    from .generate import InputError
+
+    try:
+        examples = [ex for ex in load_data([path], quiet=True) if kind_of(ex).asks]
+    except (DataError, OSError) as error:
+        raise InputError(str(error)) from None
+    if not examples:
+        raise InputError(f"{path}: no qa, dialogue or preference records to answer")
+    return examples
+
+
+def _prompts(engine: Any, args: argparse.Namespace, examples: list[Any]) -> tuple[list[str], list[Any]]:
+    """(ids, prompts): each record asked in the run's prompt format, with retrieved facts; or each --prompt."""
+    from ..memory.retrieval import add_retrieved_context
+
+    if examples:
+        hits = [[] for _ in examples]
+        if engine.retrieve_k:
+            examples, hits = add_retrieved_context(examples, engine.retriever, engine.retrieve_k, engine.format,
+                                                   engine.limit, args.max_new_tokens)
+        # each record asked in the run's prompt format, as training and `icft eval` ask it
+        prompts = [replace(engine.example_prompt(ex), retrieved=h) for ex, h in zip(examples, hits)]
+        return [ex.id for ex in examples], prompts
+    if args.raw:
+        prompts = [engine.completion_prompt(p, args.max_new_tokens) for p in args.prompt]
+    else:
+        # a question is a user turn, as `icft chat` and `serve` ask it: a chat model given raw text may end at once
+        prompts = [engine.chat_prompt([{"role": "user", "content": p}], args.max_new_tokens) for p in args.prompt]
+    return [f"prompt-{i}" for i in range(len(prompts))], prompts
+
+
+def _answer_record(id_: str, prompt: Any, c: Any, example: Any | None) -> dict[str, Any]:
+    """One answer as --json writes it (with the record's reference answer, for a data file's record)."""
+    from ..data.formatting import reference
+
+    record = {
+        "id": id_,
+        "prompt": prompt.text,
+        "answer": c.text,
+        "finish_reason": c.finish_reason,
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "retrieved": [{"id": h.id, "score": round(h.score, 6), "source": h.source} for h in c.retrieved],
+    }
+    if example is not None:
+        record["reference"] = reference(example)
+    return record

@@ -32,6 +32,7 @@ import yaml
 from ..errors import ConfigError
 from ..io import OLD, TMP, check_output_dir, leftovers, read_json, remove_leftovers, remove_path, write_json
 from ..runs import PROMPT_FORMAT_FILE
+from ..tables import markdown
 from .generate import InputError
 
 MARKER = "icft_export.json"
@@ -341,15 +342,13 @@ def _stage_lines(run: Path) -> list[str]:
         return ["(no stage_eval.json in the run)"]
     stage_eval = _read_dict(path)
     stages, matrix = stage_eval.get("stages", []), stage_eval.get("accuracy_matrix") or []
+    rows = [[name, *(_fmt(v) for v in row)] for name, row in zip(stages, matrix)]
     lines = [
         "Accuracy on each stage's validation data (columns) after training each stage (rows):",
         "",
-        "| after \\ on | " + " | ".join(stages) + " |",
-        "|---" * (len(stages) + 1) + "|",
+        *markdown(["after \\ on", *stages], rows),
+        "",
     ]
-    for name, row in zip(stages, matrix):
-        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in row) + " |")
-    lines.append("")
     for key in ("average_accuracy", "forgetting", "backward_transfer"):
         lines.append(f"- {key.replace('_', ' ')}: {_fmt(stage_eval.get(key))}")
     return lines
@@ -366,25 +365,34 @@ def _hub_id(base: str) -> str:
 
 
 def _eval_lines(run: Path) -> list[str]:
-    """Figures from the latest `icft eval` results saved in the run folder (eval*.json, the newest), if any:
-    the model's metrics and, beside them, the trivial baselines on the same items."""
-    lines = []
+    """Figures from the latest `icft eval` results saved in the run folder (eval*.json, the newest), if any: a
+    table of the model's metrics on each file and, under it, the trivial baselines on the same items. The
+    columns keep the file's order (`icft eval` writes the metrics in the registry's order)."""
     latest = sorted(run.glob("eval*.json"), key=lambda p: p.stat().st_mtime)[-1:]
-    for path in latest:
-        try:
-            results = read_json(path)
-        except ConfigError:  # not JSON, or nested past the recursion limit: not an eval file
-            continue
-        for name, metrics in results.items() if isinstance(results, dict) else []:
-            if isinstance(metrics, dict):
-                figures = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
-                lines.append(f"- `{path.name}` / {name}: {figures}")
-                floors = metrics.get("baselines") if isinstance(metrics.get("baselines"), dict) else {}
-                floor = "; ".join(f"{b} " + ", ".join(f"{k} {_fmt(v)}" for k, v in values.items())
-                                  for b, values in floors.items() if isinstance(values, dict))  # fmt: skip
-                if floor:
-                    lines.append(f"  - trivial baselines on the same items (no model): {floor}")
-    return lines
+    try:
+        results = read_json(latest[0]) if latest else {}
+    except ConfigError:  # not JSON, or nested past the recursion limit: not an eval file
+        return []
+    rows: list[tuple[str, Any, dict[str, Any]]] = []  # (row name, items, metrics)
+    for name, metrics in results.items() if isinstance(results, dict) else []:
+        if isinstance(metrics, dict):
+            n = metrics.get("n_examples")
+            rows.append((name, n, _numbers(metrics)))
+            floors = metrics.get("baselines") if isinstance(metrics.get("baselines"), dict) else {}
+            rows += [(f"{name} [{b}]", n, _numbers(v)) for b, v in floors.items() if isinstance(v, dict)]
+    columns = list(dict.fromkeys(k for _, _, values in rows for k in values))
+    if not columns:
+        return []
+    header = ["file", "n", *columns]
+    cells = [[name, _fmt(n), *(_fmt(values.get(c)) for c in columns)] for name, n, values in rows]
+    return [f"From `{latest[0].name}`; a row `[baseline]` is a trivial baseline on the same items, no model:", "",
+            *markdown(header, cells)]  # fmt: skip
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The metrics that are numbers (not the item count, nor nested records)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k != "n_examples"}  # fmt: skip
 
 
 def _read_dict(path: Path) -> dict[str, Any]:

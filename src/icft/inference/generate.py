@@ -9,16 +9,17 @@ left, so each row's last token is its own prompt's last token and the new tokens
 `generate` derives positions from the attention mask, which also holds for the embedded BERT decoder.
 Decoding is greedy unless a temperature above 0 asks for sampling.
 
-`Engine.generate_rows` is the server's batch: rows from different requests share one `generate` call, each
-with its own token limit, stop strings, stream and cancel flag (`RowLimits` ends a row; `RowStreamer` hands
-each row its own text), so greedy answers are those of one-by-one generation.
+Every answer comes from `Engine.generate_rows`: rows (from different requests, in the server) share one
+`generate` call, each with its own token limit, stop strings, stream and cancel flag (`RowLimits` ends a row;
+`RowStreamer` hands each row its own text), so greedy answers are those of one-by-one generation.
+`Engine.generate` batches prompts of similar length into it; `icft chat` streams one row.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string), "length" (max_new_tokens), "timeout" or "cancelled"
     retrieved: list[Hit] = field(default_factory=list)
+    unmet_floor: float | None = None  # the prompt's `Prompt.unmet_floor`
 
 
 @dataclass
@@ -55,6 +57,8 @@ class Prompt:
     ids: list[int]
     retrieved: list[Hit] = field(default_factory=list)
     text: str = ""  # the prompt as written (decoding ids loses case and spacing with some tokenizers)
+    # the relevance floor when retrieval ran and no fact reached it: said to the user, rather than showing nothing
+    unmet_floor: float | None = None
 
 
 class CallbackStreamer(TextStreamer):
@@ -169,6 +173,13 @@ class RowStreamer(BaseStreamer):
 
 
 class Engine:
+    """A model, its tokenizer and prompt format, and its memory to retrieve from: prompts in, completions out.
+
+    `fmt` is the prompt format the model was trained in (its `max_length` is then the length it trained at,
+    `trained_length`); a model given without one is asked as its tokenizer calls for. The context limit is the
+    model's position limit or DEFAULT_MAX_LENGTH, whichever is smaller; `Engine.load` sets --max-length's.
+    """
+
     def __init__(
         self,
         model: PreTrainedModel,
@@ -176,17 +187,16 @@ class Engine:
         name: str,
         retriever: Retriever | None = None,
         retrieve_k: int = 0,
-        max_length: int = DEFAULT_MAX_LENGTH,
         fmt: PromptFormat | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        # The format the model was trained in; a model given without one is asked as its tokenizer calls for.
         self.format = fmt or PromptFormat.resolve(tokenizer, "auto")
+        self.trained_length = fmt.max_length if fmt is not None else None  # tokens per training sequence
         self.name = name
         self.retriever = retriever
         self.retrieve_k = retrieve_k if retriever is not None else 0
-        self.limit = context_limit(model, max_length)  # prompt + new tokens
+        self.limit = context_limit(model, DEFAULT_MAX_LENGTH)  # prompt + new tokens
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id
@@ -206,9 +216,9 @@ class Engine:
         max_length: int = DEFAULT_MAX_LENGTH,
     ) -> Engine:
         """`--run DIR` (base model + adapter in the prompt format it trained in, its memory for retrieval) or
-        `--model NAME` (a base model)."""
+        `--model NAME` (a base model, in the format saved with it by `icft export`, else its tokenizer's)."""
         from ..models import EMBEDDED_DEFAULT
-        from ..runs import Run
+        from ..runs import PROMPT_FORMAT_FILE, Run
 
         if run and model:
             raise InputError("give either a run directory (--run) or a model (--model), not both")
@@ -226,8 +236,16 @@ class Engine:
         except ValueError as error:  # a bad knowledge file's DataError too
             raise InputError(str(error)) from None
         default_name = Path(run).resolve().name if run else (model or EMBEDDED_DEFAULT)
-        return cls(loaded.model, loaded.tokenizer, name or default_name, retriever, retrieve_k, max_length,
-                   loaded.format)  # fmt: skip
+        trained = bool(run) or (Path(model or EMBEDDED_DEFAULT) / PROMPT_FORMAT_FILE).is_file()
+        engine = cls(loaded.model, loaded.tokenizer, name or default_name, retriever, retrieve_k,
+                     loaded.format if trained else None)  # fmt: skip
+        engine.limit = context_limit(loaded.model, max_length)
+        return engine
+
+    @property
+    def retrieval_floor(self) -> float | None:
+        """The relevance floor retrieved facts must reach (a run's memory.retrieve_min_score), or None."""
+        return self.retriever.min_score if self.retrieve_k else None
 
     # --- prompts ---------------------------------------------------------------------------------------
 
@@ -256,7 +274,7 @@ class Engine:
         hits = self.retrieve([text], k)[0]
         facts = self._fit([h.text for h in hits], lambda fs: _prepend(fs, text), max_new_tokens, self.encode)
         full = _prepend(facts, text)
-        return Prompt(self.encode(full), _used(hits, facts), full)
+        return Prompt(self.encode(full), _used(hits, facts), full, self._unmet_floor(hits, k))
 
     def chat_prompt(self, messages: list[dict[str, str]], max_new_tokens: int, k: int | None = None) -> Prompt:
         """A conversation's prompt; retrieved facts go at the start of the last user message."""
@@ -272,7 +290,13 @@ class Engine:
 
         facts = self._fit([h.text for h in hits], render, max_new_tokens, self.format.prompt_ids)
         text = render(facts)
-        return Prompt(self.format.prompt_ids(text), _used(hits, facts), text)
+        unmet = self._unmet_floor(hits, k) if last is not None else None
+        return Prompt(self.format.prompt_ids(text), _used(hits, facts), text, unmet)
+
+    def _unmet_floor(self, hits: list[Hit], k: int | None) -> float | None:
+        """The floor, when facts were searched for with one and none reached it."""
+        searched = self.retriever is not None and (self.retrieve_k if k is None else k) > 0
+        return self.retrieval_floor if searched and not hits else None
 
     def _fit(
         self, facts: list[str], render: Callable[[list[str]], str], max_new_tokens: int,
@@ -303,9 +327,8 @@ class Engine:
             return prompt
         bos = self.tokenizer.bos_token_id
         head = [bos] if bos is not None and prompt.ids[0] == bos else []
-        return Prompt(head + prompt.ids[len(prompt.ids) - room + len(head) :], prompt.retrieved, prompt.text)
+        return replace(prompt, ids=head + prompt.ids[len(prompt.ids) - room + len(head) :])
 
-    @torch.no_grad()
     def generate(
         self,
         prompts: list[Prompt],
@@ -314,41 +337,17 @@ class Engine:
         top_p: float = 1.0,
         stop: list[str] | None = None,
         batch_size: int = 16,
-        streamer: TextStreamer | None = None,
-        stop_flag: StopFlag | None = None,
     ) -> list[Completion]:
-        """One completion per prompt; prompts of similar length share a batch. A streamer needs one prompt."""
-        if streamer is not None and len(prompts) != 1:
-            raise ValueError("streaming needs exactly one prompt")
+        """One completion per prompt; prompts of similar length share a batch (`generate_rows`). Streaming, or a
+        flag to stop midway: `generate_rows` with a `Row` that has `on_text` or `cancel`."""
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
+        criteria = self.stop_criteria(stop)
         out: list[Completion | None] = [None] * len(prompts)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = self.tokenizer.pad(
-                {"input_ids": [prompts[i].ids for i in idx]}, padding=True, padding_side="left", return_tensors="pt"
-            )
-            width = batch["input_ids"].shape[1]
-            sampling = (
-                {"do_sample": True, "temperature": temperature, "top_p": top_p}
-                if temperature > 0
-                else {"do_sample": False}
-            )
-            extra: dict[str, Any] = {"stop_strings": stop, "tokenizer": self.tokenizer} if stop else {}
-            if stop_flag is not None:
-                extra["stopping_criteria"] = [stop_flag]
-            output = self.model.generate(
-                input_ids=batch["input_ids"].to(self.device),
-                attention_mask=batch["attention_mask"].to(self.device),
-                max_new_tokens=max_new_tokens,
-                num_beams=1,
-                eos_token_id=self.eos_ids,
-                pad_token_id=self.pad_id,
-                streamer=streamer,
-                **sampling,
-                **extra,
-            )
-            for i, row in zip(idx, output[:, width:].tolist()):
-                out[i] = self._completion(prompts[i], row, max_new_tokens, stop)
+            rows = [Row(prompts[i], max_new_tokens, stop, criteria) for i in idx]
+            for i, completion in zip(idx, self.generate_rows(rows, temperature, top_p)):
+                out[i] = completion
         return out  # type: ignore[return-value]
 
     def stop_criteria(self, stop: list[str] | None) -> StopStringCriteria | None:
@@ -403,7 +402,7 @@ class Engine:
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, stop)
         finish = reason or ("stop" if ends or stopped or len(row) < max_new_tokens else "length")
-        return Completion(text.strip(), len(prompt.ids), len(new), finish, prompt.retrieved)
+        return Completion(text.strip(), len(prompt.ids), len(new), finish, prompt.retrieved, prompt.unmet_floor)
 
 
 def _can_stop(tokenizer: PreTrainedTokenizerBase, stop: str) -> bool:

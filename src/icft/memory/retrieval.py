@@ -224,18 +224,16 @@ def add_retrieved_context(
     examples: list[Example],
     retriever: Retriever,
     k: int,
-    tokenizer: Any,
+    fmt: PromptFormat,
     max_length: int,
     max_new_tokens: int = 48,
-    fmt: PromptFormat | None = None,
 ) -> tuple[list[Example], list[list[Hit]]]:
     """Each example with its top-k retrieved facts in its prompt (fitted to `max_length`), and the hits used.
 
     Scoring and generation both read prompts from the examples (`formatting`), so both see the context.
-    Prompts are measured in the prompt format they will be asked in (`fmt`; default: plain on `tokenizer`).
+    Prompts are measured in the prompt format they will be asked in (`fmt`).
     A hit whose fact was dropped to fit is not reported.
     """
-    fmt = fmt or PromptFormat(tokenizer)
     askable = [ex for ex in examples if kind_of(ex).asks]
     found = retriever.search([example_text(ex) for ex in askable], k, exclude=[ex.id for ex in askable])
     hits_by_id = {id(ex): hits for ex, hits in zip(askable, found)}

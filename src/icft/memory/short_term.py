@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 
 from ..data.schema import Example
 from .items import MemoryItem, item_from_state, item_to_state
@@ -49,11 +48,12 @@ class ShortTermMemory:
             else:
                 item.example, item.loss = ex, float(loss)
         for _ in range(len(self._items) - self.capacity):
-            kinds = Counter(item.example.kind for item in self._items.values())
-            largest = max(kinds.values())
-            # Ties between kinds go to the kind seen first; an unknown (nan) loss ranks lowest; then oldest.
-            kind = next(k for k in kinds if kinds[k] == largest)
-            victims = [(i, item) for i, item in enumerate(self._items.values()) if item.example.kind == kind]
+            by_kind: dict[str, list[tuple[int, MemoryItem]]] = {}
+            for i, item in enumerate(self._items.values()):
+                by_kind.setdefault(item.example.kind, []).append((i, item))
+            # Ties between kinds go to the kind seen first (max keeps the first); an unknown (nan) loss ranks
+            # lowest; then oldest.
+            victims = max(by_kind.values(), key=len)
             _, victim = min(victims, key=lambda pair: (-math.inf if math.isnan(pair[1].loss) else pair[1].loss,
                                                        pair[0]))  # fmt: skip
             del self._items[victim.example.id]

@@ -32,9 +32,10 @@ from pathlib import Path
 
 from ..config import RunConfig, load_config
 from ..data.formatting import chat_messages, reference
+from ..data.kinds import is_question, kind_of
 from ..data.prompt_format import PromptFormat
 from ..data.schema import Example
-from ..evaluation.paired import LOWER_IS_BETTER, Row, group_rows
+from ..evaluation.paired import Row, group_rows, table
 from ..evaluation.stage_eval import fixed_sample
 from ..runs import Run
 
@@ -46,7 +47,6 @@ REAL_SOURCES = {
     # Only ~10 MEDIQA pairs are short enough to fit whole: all are trained on, none tested.
     "mediqa2019": ("mediqa2019/pairs.jsonl", "clinical", 0.0),
 }
-# Table rows: the metrics a group has, in this order; answer NLL per token is lower-is-better.
 RETRIEVE = 3  # memory facts per demo answer, as `icft chat --retrieve 3`
 
 
@@ -70,12 +70,11 @@ class Sizes:
 
 
 def words(ex: Example) -> int:
-    """Length in words of what training reads (a preference pair: the prompt and its longer answer)."""
-    if ex.kind == "dialogue":
-        return sum(len(t["content"].split()) for t in ex.turns)
-    if ex.kind == "preference":
-        return len(ex.prompt.split()) + max(len(ex.chosen.split()), len(ex.rejected.split()))
-    return len((ex.question or "").split()) + len(str(ex.answer).split())
+    """Length in words of what training reads: what the item asks and its longest answer (a preference pair:
+    the prompt and the longer of its two answers; a dialogue: the patient's turns and the doctor's reply)."""
+    kind = kind_of(ex)
+    asked = kind.query(ex) if kind.asks else ""
+    return len(asked.split()) + max(len(kind.answer(ex, side).split()) for side in kind.sides)
 
 
 def real_curriculum(shared: Path, sizes: Sizes) -> dict[str, list[Example]]:
@@ -158,9 +157,8 @@ def evaluate_both(base, trained, fmt: PromptFormat, tests: dict[str, list[Exampl
 
     rows, record = [], {}
     for group, examples in tests.items():
-        results = {name: evaluate_examples(model, fmt.tokenizer, examples, max_length=fmt.max_length,
-                                           progress=False, fmt=fmt)  # fmt: skip
-                   for name, model in (("untrained", base), ("trained", trained))}
+        models = {"untrained": base, "trained": trained}
+        results = {name: evaluate_examples(model, fmt, examples) for name, model in models.items()}
         baselines = trivial_baselines(examples)
         record[group] = {**{name: {"metrics": r.to_json(), "items": r.items} for name, r in results.items()},
                          "baselines": baselines}  # fmt: skip
@@ -169,16 +167,9 @@ def evaluate_both(base, trained, fmt: PromptFormat, tests: dict[str, list[Exampl
 
 
 def format_rows(rows: list[Row]) -> str:
-    header = f"{'held-out items':<14} {'metric':<25} {'n':>3}  {'untrained':>9}  {'ICFT':>6}  " \
-             f"{'change [95% interval]':<25}  no model (best trivial baseline)"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        interval = f"{r.change:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" if r.low is not None else f"{r.change:+.3f}"
-        floor = f"{r.baseline:.3f} ({r.baseline_name})" if r.baseline is not None else "-"
-        metric = r.metric + (" (lower=better)" if r.metric in LOWER_IS_BETTER else "")
-        lines.append(f"{r.group:<14} {metric:<25} {r.n:>3}  {r.untrained:>9.3f}  {r.trained:>6.3f}  "
-                     f"{interval:<25}  {floor}")  # fmt: skip
-    return "\n".join(lines)
+    header = ["held-out items", "metric", "n", "untrained", "ICFT", "change [95% interval]",
+              "no model (best trivial baseline)"]  # fmt: skip
+    return "\n".join(table(rows, header))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -205,8 +196,8 @@ def answer_questions(base, run: Run, questions: list[Example], k: int, new_token
 def pick_questions(tests: dict[str, list[Example]], n: int) -> list[Example]:
     """Open questions where there are enough (they read best as answers), else questions with options too;
     taken from every group in turn."""
-    questions = [ex for examples in tests.values() for ex in examples if ex.kind == "qa"]
-    is_open = [ex for ex in questions if not ex.options and not ex.context]
+    questions = [ex for examples in tests.values() for ex in examples if is_question(ex)]
+    is_open = [ex for ex in questions if kind_of(ex).is_open(ex) and not ex.context]
     return _round_robin(_by(is_open if len(is_open) >= n else questions, lambda ex: ex.stage or ""), n)
 
 
@@ -251,8 +242,7 @@ def summary(rows: list[Row], stage_eval: dict, train_summary: dict) -> list[str]
             verdict = (f"no change beyond noise ({r.change:+.3f}; the 95% interval {r.low:+.3f} to {r.high:+.3f} "
                        "includes 0)")
         else:
-            better = (r.change < 0) == (r.metric in LOWER_IS_BETTER)
-            verdict = (f"{'better' if better else 'worse'} after training, {r.untrained:.3f} -> {r.trained:.3f} "
+            verdict = (f"{'better' if r.better else 'worse'} after training, {r.untrained:.3f} -> {r.trained:.3f} "
                        f"(change {r.change:+.3f}, 95% interval {r.low:+.3f} to {r.high:+.3f})")  # fmt: skip
         floor = ""
         if r.baseline is not None:

@@ -2,11 +2,12 @@
 
 Scaling every LoRA layer's scaling by alpha interpolates the weights between the untrained model (alpha 0)
 and the trained one (alpha 1). `train.merge_alpha: auto` picks alpha from `train.merge_grid` after training by
-the criterion benchmarks/real_smollm2.py tunes on (`trade`): the medical validation answer-NLL drop against
-the untrained model plus the own-voice validation drop (the untrained model's own answers to held-out general
-prompts), in the same unit, equal weights. Validation only: no test item is ever seen here. The choice is
-saved as adapter/merge.json and applied wherever the run loads (`icft.runs.load_run`), so `icft eval`,
-`export --merge`, `chat` and `serve` all answer with the merged scale.
+the criterion `icft compare` tunes its tries on (compare.criterion: trade, `report.trade_figures`): the
+medical validation answer-NLL drop against the untrained model plus the own-voice validation drop (the
+untrained model's own answers to held-out general prompts), in the same unit, equal weights. Validation only:
+no test item is ever seen here. The choice is saved as adapter/merge.json and applied wherever the run loads
+(`icft.runs.load_run`), so `icft eval`, `export --merge`, `chat` and `serve` all answer with the merged scale.
+`icft compare`'s WiSE-FT points (compare.wise_alphas) scale each run's adapter the same way (`set_lora_scale`).
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ def best_alpha(table: dict[float, dict[str, float]]) -> float:
 def choose_merge(model, fmt, medical: list, probe: list, grid: list[float]) -> dict:
     """merge.json's record: the alpha chosen on `medical` validation items and the own-voice `probe`, and
     every grid point's figures. The model's scale is 1 again afterwards."""
-    from ..likelihood import answer_nll
+    from ..likelihood import ScoreSettings, answer_nll
 
     def mean_nll(examples: list) -> float:
         pairs = [(fmt.prompt(ex), str(ex.answer)) if ex.source == "self-memory" else fmt.pair(ex) for ex in examples]
-        values = answer_nll(model, fmt.tokenizer, pairs, fmt.max_length, template=fmt.template)
+        values = answer_nll(model, fmt.tokenizer, pairs, ScoreSettings.of(fmt))
         return sum(values) / max(1, len(values))
 
     def measure(alpha: float) -> tuple[float, float]:
