@@ -85,10 +85,13 @@ def pack(sequences: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]
     """
     width = max(len(s.input_ids) for s in sequences)
     layout: list[list[int]] = [[]]  # the sequences of each row
+    used = 0  # tokens in the current row
     for i, s in enumerate(sequences):
-        if layout[-1] and sum(len(sequences[j].input_ids) for j in layout[-1]) + len(s.input_ids) > width:
+        if layout[-1] and used + len(s.input_ids) > width:
             layout.append([])
+            used = 0
         layout[-1].append(i)
+        used += len(s.input_ids)
     input_ids = torch.full((len(layout), width), pad_id, dtype=torch.long)
     labels = torch.full((len(layout), width), IGNORE_INDEX, dtype=torch.long)
     positions = torch.zeros((len(layout), width), dtype=torch.long)
